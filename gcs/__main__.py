@@ -1,0 +1,3 @@
+from gcs.main import main
+
+main()

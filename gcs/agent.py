@@ -1,0 +1,138 @@
+"""Dispatches bridge requests to the parts of the agent that carry them out.
+
+Requests on the null container id address the UVM itself; everything else addresses a
+container. Container support arrives with the runtime; until then container ids are
+simply unknown (0xC037010E), which the host treats as "gone" where that is benign.
+"""
+from __future__ import annotations
+
+from typing import Any, Awaitable, Callable
+
+from gcs import aio
+from gcs.log import log
+from gcs.protocol import hresult as hr
+from gcs.protocol.ids import NULL_CONTAINER_ID, RequestId
+from gcs.protocol.messages import (ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
+                                   Request, ResizeConsoleRequest, SignalProcessRequest,
+                                   WaitForProcessRequest, response)
+from gcs.protocol.session import IncomingRequest
+from gcs.runtime.reaper import Reaper
+from gcs.runtime.uvm_processes import UvmProcessTable
+from gcs.stacks import dump_stacks, open_fd_count
+
+# ModifySettings resource types a Linux GCS knows (protocol.md 3.10).
+HOST_RESOURCE_TYPES = {
+    "MappedVirtualDisk", "SCSIDevice", "VPMemDevice", "CombinedLayers", "MappedDirectory",
+    "Network", "VPCIDevice", "ContainerConstraints", "PodCgroupMemoryLimit",
+    "SecurityPolicy", "SecurityPolicyFragment",
+}
+
+
+class Agent:
+    def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None]) -> None:
+        self.transport = transport
+        self.reaper = reaper
+        self.processes = UvmProcessTable(reaper, transport)
+        self.on_shutdown = on_shutdown
+        self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
+            RequestId.CREATE: self.create,
+            RequestId.START: self.start,
+            RequestId.SHUTDOWN_GRACEFUL: self.shutdown,
+            RequestId.SHUTDOWN_FORCED: self.shutdown,
+            RequestId.EXECUTE_PROCESS: self.execute_process,
+            RequestId.WAIT_FOR_PROCESS: self.wait_for_process,
+            RequestId.SIGNAL_PROCESS: self.signal_process,
+            RequestId.RESIZE_CONSOLE: self.resize_console,
+            RequestId.GET_PROPERTIES: self.get_properties,
+            RequestId.MODIFY_SETTINGS: self.modify_settings,
+            RequestId.DUMP_STACKS: self.dump_stacks,
+            RequestId.DELETE_CONTAINER_STATE: self.delete_container_state,
+        }
+        self._shutdown_kind = ""
+
+    async def handle(self, incoming: IncomingRequest) -> dict[str, Any]:
+        req = incoming.request
+        if incoming.ident in (RequestId.SHUTDOWN_GRACEFUL, RequestId.SHUTDOWN_FORCED):
+            self._shutdown_kind = "forced" if incoming.ident == RequestId.SHUTDOWN_FORCED else "graceful"
+        return await self._handlers[incoming.ident](req)
+
+    def state(self) -> dict[str, object]:
+        """Sizes of everything the agent tracks (reported by DumpStacks, checked by tests)."""
+        loop = aio.get_loop()
+        return {
+            "uvm_processes": len(self.processes),
+            "reaper_watches": self.reaper.watched,
+            "orphans_reaped": self.reaper.orphans_reaped,
+            "tasks": len(loop.tasks),
+            "open_fds": open_fd_count(),
+        }
+
+    # --- container lookups ------------------------------------------------------------
+    @staticmethod
+    def _is_uvm(req: Request) -> bool:
+        return req.container_id == NULL_CONTAINER_ID
+
+    @staticmethod
+    def _no_container(req: Request) -> hr.GcsError:
+        return hr.GcsError(hr.SYSTEM_NOT_FOUND, f"container {req.container_id!r} not found")
+
+    # --- handlers ---------------------------------------------------------------------
+    async def create(self, req: Request) -> dict[str, Any]:
+        if self._is_uvm(req):
+            raise hr.GcsError(hr.INVALID_JSON, "the UVM itself cannot be created (SchemaVersion missing)")
+        raise hr.GcsError(hr.E_NOTIMPL, "creating containers is not supported by this agent build")
+
+    async def start(self, req: Request) -> dict[str, Any]:
+        return response(req.activity_id)  # upstream: a no-op; the init ExecuteProcess starts it
+
+    async def shutdown(self, req: Request) -> dict[str, Any]:
+        if not self._is_uvm(req):
+            raise self._no_container(req)
+        kind = self._shutdown_kind or "graceful"
+        log.info("UVM shutdown requested", kind=kind)
+        aio.get_loop().call_soon(self.on_shutdown, kind)
+        return response(req.activity_id)
+
+    async def execute_process(self, req: ExecuteProcessRequest) -> dict[str, Any]:
+        if self._is_uvm(req) or req.params.create_in_uvm:
+            pid = await self.processes.execute(req)
+            return response(req.activity_id, ProcessId=pid)
+        raise self._no_container(req)
+
+    async def wait_for_process(self, req: WaitForProcessRequest) -> dict[str, Any]:
+        if self._is_uvm(req):
+            code = await self.processes.wait(req.process_id, req.timeout_ms)
+            return response(req.activity_id, ExitCode=code)
+        raise self._no_container(req)
+
+    async def signal_process(self, req: SignalProcessRequest) -> dict[str, Any]:
+        if self._is_uvm(req):
+            self.processes.signal(req.process_id, req.signal)
+            return response(req.activity_id)
+        raise self._no_container(req)
+
+    async def resize_console(self, req: ResizeConsoleRequest) -> dict[str, Any]:
+        if self._is_uvm(req):
+            self.processes.resize(req.process_id, req.height, req.width)
+            return response(req.activity_id)
+        raise self._no_container(req)
+
+    async def get_properties(self, req: GetPropertiesRequest) -> dict[str, Any]:
+        if self._is_uvm(req):
+            raise hr.GcsError(hr.E_FAIL, "GetProperties is not supported against the UVM")
+        raise self._no_container(req)
+
+    async def modify_settings(self, req: ModifySettingsRequest) -> dict[str, Any]:
+        if not self._is_uvm(req):
+            raise self._no_container(req)
+        if req.resource_type not in HOST_RESOURCE_TYPES:
+            raise hr.GcsError(hr.E_FAIL, f"invalid ResourceType {req.resource_type!r}")
+        if req.request_type not in ("Add", "Remove", "Update", "PreAdd"):
+            raise hr.GcsError(hr.E_FAIL, f"the RequestType {req.request_type!r} is not supported")
+        raise hr.GcsError(hr.E_NOTIMPL, f"ResourceType {req.resource_type!r} is not supported by this agent build")
+
+    async def dump_stacks(self, req: Request) -> dict[str, Any]:
+        return response(req.activity_id, GuestStacks=dump_stacks(self.state()))
+
+    async def delete_container_state(self, req: Request) -> dict[str, Any]:
+        raise self._no_container(req)

@@ -1,0 +1,1 @@
+"""The bridge's IO edge: connections, the reader, the serialising writer, reconnects."""

@@ -1,0 +1,209 @@
+"""Runs the bridge over a connection: one reader, each request handled concurrently in
+its own task, one serialising writer, notifications queued while disconnected, and a
+reconnect loop that dials again every 100 ms (protocol.md 1.4, 2.4, 8.2).
+"""
+from __future__ import annotations
+
+import traceback
+from collections import deque
+from typing import Any, Awaitable, Callable, Optional
+
+from gcs import aio
+from gcs.bridge.connection import Conn
+from gcs.log import log
+from gcs.protocol.framing import FramingError
+from gcs.protocol.hresult import GcsError
+from gcs.protocol.ids import BRIDGE_PORT, describe
+from gcs.protocol.messages import Request
+from gcs.protocol.session import BridgeSession, IncomingRequest
+
+Handler = Callable[[IncomingRequest], Awaitable[dict[str, Any]]]
+READ_CHUNK = 256 * 1024
+REDIAL_DELAY = 0.1
+MAX_QUEUED_NOTIFICATIONS = 10000
+
+
+class Bridge:
+    def __init__(self, handler: Handler, connect: Callable[[], Awaitable[Conn]],
+                 reconnect: bool = True) -> None:
+        self.handler = handler
+        self._connect = connect
+        self.reconnect = reconnect
+        self.session: Optional[BridgeSession] = None
+        self.conn: Optional[Conn] = None
+        self._wbuf = bytearray()
+        self._pending: deque[dict[str, Any]] = deque()
+        self.connections = 0
+        self.in_flight: set[aio.Task] = set()
+        self._stop = aio.Event()
+        self._drained = aio.Event()
+        self._drained.set()
+        self.stopping = False
+        self._reader: Optional[aio.Task] = None
+
+    # --- lifecycle ------------------------------------------------------------------------
+    async def run(self) -> None:
+        failures = 0
+        while not self.stopping:
+            try:
+                conn = await self._connect()
+            except OSError as err:
+                failures += 1
+                if failures & (failures - 1) == 0:  # 1st, 2nd, 4th, 8th... failure of a streak
+                    log.debug("failed to dial host, retrying", error=str(err), attempts=failures)
+                await aio.sleep(REDIAL_DELAY)
+                continue
+            failures = 0
+            self.connections += 1
+            log.info("bridge connected", connection=self.connections, via=conn.label)
+            try:
+                await self._serve(conn)
+            finally:
+                self._drop(conn)
+            if not self.reconnect:
+                break
+            if not self.stopping:
+                await aio.sleep(REDIAL_DELAY)
+
+    def stop_after_flush(self) -> None:
+        """Stop serving once everything queued for the host has been written."""
+        self.stopping = True
+        if self._drained.is_set():
+            self._stop.set()
+
+    async def _serve(self, conn: Conn) -> None:
+        session = BridgeSession()
+        self.session, self.conn = session, conn
+        self._wbuf.clear()
+        reader = self._reader = aio.spawn(self._read_loop(conn, session), "bridge-reader")
+        stop = aio.spawn(self._stop.wait(), "bridge-stop")
+        done = aio.Future()
+        for task in (reader, stop):
+            task.add_done_callback(lambda _t: done.set_result(None))
+        await done
+        reader.cancel()
+        stop.cancel()
+
+    async def _read_loop(self, conn: Conn, session: BridgeSession) -> None:
+        while True:
+            try:
+                data = await conn.read(READ_CHUNK)
+            except OSError as err:
+                log.warning("bridge read failed", error=str(err))
+                return
+            if not data:
+                if not session.at_boundary():
+                    log.warning("bridge closed in the middle of a message")
+                else:
+                    log.info("bridge closed by the host")
+                return
+            was_negotiated = session.negotiated
+            try:
+                requests = session.receive_data(data)
+            except FramingError as err:
+                log.error("bridge framing error, dropping the connection", error=str(err))
+                self._flush()
+                return
+            for auto in session.auto_replies:
+                level = "info" if auto.result == 0 else "warning"
+                log.log(level, "bridge replied", seq=auto.seq, request=describe(auto.ident),
+                        result=f"0x{auto.result:08x}", detail=auto.message)
+            session.auto_replies.clear()
+            for req in requests:
+                task = aio.spawn(self._handle(req, session), f"request-{req.seq}-{req.name}")
+                self.in_flight.add(task)
+                task.add_done_callback(self.in_flight.discard)
+            if session.negotiated and not was_negotiated:
+                self._flush_notifications()
+            self._flush()
+
+    async def _handle(self, req: IncomingRequest, session: BridgeSession) -> None:
+        try:
+            reply = await self.handler(req)
+        except GcsError as err:
+            reply = None
+            error: BaseException = err
+        except aio.Cancelled:
+            raise
+        except Exception as err:  # noqa: BLE001 - any bug becomes E_FAIL, never a dead agent
+            log.error("request handler failed", request=req.name, seq=req.seq,
+                      error=repr(err), trace=traceback.format_exc(limit=8))
+            reply, error = None, err
+        if session is not self.session:
+            log.info("dropping reply for a closed connection", request=req.name, seq=req.seq)
+            return
+        if reply is not None:
+            session.respond(req, reply)
+        else:
+            session.respond_error(req, error)
+            log.info("request failed", request=req.name, seq=req.seq, error=str(error),
+                     **_ids(req.request))
+        self._flush()
+
+    def _drop(self, conn: Conn) -> None:
+        conn.close()
+        if self.conn is conn:
+            self.session, self.conn = None, None
+            self._wbuf.clear()
+            self._drained.set()
+            if self.stopping:
+                self._stop.set()
+
+    # --- writing --------------------------------------------------------------------------
+    def notify(self, notification: dict[str, Any]) -> None:
+        """Send a container notification now, or queue it until the next negotiated bridge."""
+        if self.session is not None and self.session.negotiated:
+            self.session.notify(notification)
+            self._flush()
+        else:
+            if len(self._pending) >= MAX_QUEUED_NOTIFICATIONS:
+                dropped = self._pending.popleft()
+                log.error("notification queue full, dropping the oldest", container=dropped.get("ContainerId"))
+            self._pending.append(notification)
+
+    def _flush_notifications(self) -> None:
+        while self._pending and self.session is not None:
+            self.session.notify(self._pending.popleft())
+
+    def _flush(self) -> None:
+        session, conn = self.session, self.conn
+        if session is None or conn is None:
+            return
+        data = session.data_to_send()
+        if data:
+            self._wbuf += data
+        self._write_ready()
+
+    def _write_ready(self) -> None:
+        conn = self.conn
+        if conn is None:
+            return
+        loop = aio.get_loop()
+        while self._wbuf:
+            try:
+                n = conn.write_some(memoryview(self._wbuf))
+            except OSError as err:
+                log.warning("bridge write failed", error=str(err))
+                self._wbuf.clear()
+                loop.remove_writer(conn.write_fd)
+                if self._reader is not None:
+                    self._reader.cancel()  # ends _serve; the reconnect loop takes over
+                return
+            if n == 0:
+                self._drained.clear()
+                loop.add_writer(conn.write_fd, self._write_ready)
+                return
+            del self._wbuf[:n]
+        loop.remove_writer(conn.write_fd)
+        self._drained.set()
+        if self.stopping:
+            self._stop.set()
+
+
+def _ids(req: Request) -> dict[str, str]:
+    return {"container_id": req.container_id} if req.container_id else {}
+
+
+async def dial_bridge(transport, port: int = BRIDGE_PORT) -> Conn:
+    sock = await transport.dial(port)
+    return Conn.from_socket(sock, f"{transport.name}:{port}")

@@ -1,0 +1,330 @@
+"""gcsctl: drive a guest compute service from the host side.
+
+Each command takes the agent's bridge (the agent dials the host every 100 ms while no
+host is connected), negotiates, does its work and lets go; the agent keeps every process
+alive in between. `start` launches a local-mode agent for a UVM directory; a UVM booted
+under QEMU uses the same directory layout (hybrid vsock sockets `DIR/vsock_<port>`).
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import select
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional
+
+from gcs.host.bridge_client import HostBridge, RpcError
+from gcs.host.launcher import LocalUvm, agent_command, agent_env
+from gcs.host.processes import ProcessClient
+from gcs.protocol.ids import BRIDGE_PORT, RequestId
+from vmbus.hybrid import host_listen, port_path
+
+DEFAULT_UVM = os.environ.get("GCSCTL_UVM", "/tmp/gcsctl-uvm")
+DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
+
+
+class Session:
+    """One bridge connection to the agent of a UVM directory."""
+
+    def __init__(self, uvm_dir: str, timeout: float = 10.0) -> None:
+        self.dir = os.path.abspath(uvm_dir)
+        self.vsock = os.path.join(self.dir, "vsock")
+        if not os.path.isdir(self.dir):
+            raise SystemExit(f"gcsctl: no UVM at {self.dir} (run 'gcsctl --uvm {uvm_dir} start')")
+        self._listener = host_listen(self.vsock, BRIDGE_PORT, backlog=1)
+        self._listener.settimeout(timeout)
+        try:
+            conn, _ = self._listener.accept()
+        except socket.timeout:
+            self.close()
+            raise SystemExit(f"gcsctl: the agent of {self.dir} did not connect within {timeout:.0f}s "
+                             f"(is it running? see {self.dir}/gcs.log)") from None
+        self.bridge = HostBridge.over_socket(conn)
+        self.bridge.negotiate()
+        self.client = ProcessClient(self.bridge, self.vsock)
+
+    def close(self) -> None:
+        if getattr(self, "bridge", None) is not None:
+            self.bridge.close()
+        self._listener.close()
+        try:
+            os.unlink(port_path(self.vsock, BRIDGE_PORT))
+        except OSError:
+            pass
+
+
+def _pid_file(uvm_dir: str) -> str:
+    return os.path.join(uvm_dir, "agent.pid")
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    uvm_dir = os.path.abspath(args.uvm)
+    os.makedirs(uvm_dir, exist_ok=True)
+    pid_file = _pid_file(uvm_dir)
+    if os.path.exists(pid_file):
+        try:
+            pid = int(open(pid_file).read())
+            os.kill(pid, 0)
+            print(f"agent already running (pid {pid})")
+            return 0
+        except (ValueError, ProcessLookupError):
+            pass
+    vsock = os.path.join(uvm_dir, "vsock")
+    with open(os.path.join(uvm_dir, "gcs.log"), "ab") as log:
+        proc = subprocess.Popen(agent_command(["--local", "--transport", f"hybrid:{vsock}",
+                                               "-loglevel", args.loglevel]),
+                                env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+                                stderr=log, start_new_session=True)
+    with open(pid_file, "w") as f:
+        f.write(str(proc.pid))
+    session = Session(uvm_dir)  # proves it is up and speaking the protocol
+    session.close()
+    print(f"local-mode agent started (pid {proc.pid}); UVM directory {uvm_dir}")
+    return 0
+
+
+def cmd_exec(args: argparse.Namespace) -> int:
+    if not args.command:
+        raise SystemExit("gcsctl exec: no command (gcsctl exec -- CMD ...)")
+    env = {"PATH": DEFAULT_PATH}
+    for item in args.env or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    session = Session(args.uvm)
+    try:
+        if args.tty:
+            return _interactive(session, args.command, env, args.workdir)
+        proc = session.client.exec(args.command, env=env, cwd=args.workdir, stdin=args.interactive,
+                                   stdout=True, stderr=True)
+        threads = [threading.Thread(target=_copy_to, args=(proc.stdout, sys.stdout.buffer), daemon=True),
+                   threading.Thread(target=_copy_to, args=(proc.stderr, sys.stderr.buffer), daemon=True)]
+        for t in threads:
+            t.start()
+        if args.interactive:
+            threading.Thread(target=_feed_stdin, args=(proc,), daemon=True).start()
+        code = proc.wait()
+        for t in threads:
+            t.join(5)
+        proc.close()
+        return code & 0xFF if code != 0xFFFFFFFF else 255
+    finally:
+        session.close()
+
+
+def _copy_to(sock: Optional[socket.socket], out) -> None:
+    if sock is None:
+        return
+    while True:
+        try:
+            data = sock.recv(1 << 16)
+        except OSError:
+            return
+        if not data:
+            return
+        out.write(data)
+        out.flush()
+
+
+def _feed_stdin(proc) -> None:
+    fd = sys.stdin.fileno()
+    while True:
+        data = os.read(fd, 1 << 16)
+        if not data:
+            break
+        try:
+            proc.stdin.sendall(data)
+        except OSError:
+            return
+    proc.close_stdin()
+
+
+def _interactive(session: Session, argv: list[str], env: dict[str, str], cwd: str) -> int:
+    """A terminal session: raw local tty, pty in the guest, window size kept in sync."""
+    import termios
+    import tty
+
+    from gcs.stdio.pty import get_window_size
+
+    env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    proc = session.client.exec(argv, env=env, cwd=cwd, stdin=True, stdout=True, tty=True)
+    in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
+    is_tty = os.isatty(in_fd)
+
+    def sync_size(*_: object) -> None:
+        if is_tty:
+            try:
+                rows, cols = get_window_size(in_fd)
+                if rows and cols:
+                    proc.resize(rows, cols)
+            except (OSError, RpcError):
+                pass
+
+    saved = termios.tcgetattr(in_fd) if is_tty else None
+    exit_code: list[int] = []
+    done_r, done_w = os.pipe()
+
+    def waiter() -> None:
+        try:
+            exit_code.append(proc.wait())
+        finally:
+            os.write(done_w, b"x")
+
+    try:
+        if is_tty:
+            tty.setraw(in_fd)
+            signal.signal(signal.SIGWINCH, sync_size)
+        sync_size()
+        threading.Thread(target=waiter, daemon=True).start()
+        sock = proc.stdout
+        stdin_open = True
+        while True:
+            fds = [sock.fileno(), done_r] + ([in_fd] if stdin_open else [])
+            ready, _, _ = select.select(fds, [], [])
+            if sock.fileno() in ready:
+                data = sock.recv(1 << 16)
+                if not data:
+                    break
+                os.write(out_fd, data)
+            if in_fd in ready:
+                data = os.read(in_fd, 1 << 16)
+                if data:
+                    proc.stdin.sendall(data)
+                else:
+                    stdin_open = False
+                    proc.close_stdin()
+            if done_r in ready and sock.fileno() not in ready:
+                break
+    finally:
+        if saved is not None:
+            termios.tcsetattr(in_fd, termios.TCSADRAIN, saved)
+            signal.signal(signal.SIGWINCH, signal.SIG_DFL)
+        os.close(done_r)
+    deadline = time.monotonic() + 5
+    while not exit_code and time.monotonic() < deadline:
+        time.sleep(0.01)
+    os.close(done_w)
+    proc.close()
+    code = exit_code[0] if exit_code else 255
+    return code & 0xFF if code != 0xFFFFFFFF else 255
+
+
+def cmd_console(args: argparse.Namespace) -> int:
+    session = Session(args.uvm)
+    try:
+        return _interactive(session, args.command or ["/bin/sh", "-i"],
+                            {"PATH": DEFAULT_PATH, "HOME": "/root", "PS1": "uvm# "}, "/")
+    finally:
+        session.close()
+
+
+def cmd_ps(args: argparse.Namespace) -> int:
+    session = Session(args.uvm)
+    try:
+        out, err, code = session.client.run(["ps", "-o", "pid,ppid,stat,etime,args"],
+                                            env={"PATH": DEFAULT_PATH})
+        sys.stdout.buffer.write(out)
+        sys.stderr.buffer.write(err)
+        return code
+    finally:
+        session.close()
+
+
+def cmd_stacks(args: argparse.Namespace) -> int:
+    session = Session(args.uvm)
+    try:
+        reply = session.bridge.call(RequestId.DUMP_STACKS)
+        sys.stdout.write(reply.get("GuestStacks", ""))
+        return 0
+    finally:
+        session.close()
+
+
+def cmd_shutdown(args: argparse.Namespace) -> int:
+    session = Session(args.uvm)
+    try:
+        session.bridge.call(RequestId.SHUTDOWN_FORCED if args.force else RequestId.SHUTDOWN_GRACEFUL)
+    finally:
+        session.close()
+    pid_file = _pid_file(os.path.abspath(args.uvm))
+    try:
+        pid = int(open(pid_file).read())
+    except (OSError, ValueError):
+        return 0
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        try:
+            # The supervisor is our... not our child: poll its existence.
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.02)
+    os.unlink(pid_file)
+    print("agent shut down")
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Start a local-mode agent, run things in it, show them, shut it down."""
+    import tempfile
+    with tempfile.TemporaryDirectory(prefix="gcs-demo-") as tmp:
+        t0 = time.monotonic()
+        uvm = LocalUvm(tmp, loglevel="info").start()
+        try:
+            print(f"== local-mode agent negotiated protocol v4 in {(time.monotonic() - t0) * 1000:.0f} ms")
+            assert uvm.client is not None
+            out, err, code = uvm.client.run(["sh", "-c", "echo hello from the UVM: $(uname -sr); id -u"])
+            print(f"== exec -> exit {code}\n{out.decode()}{err.decode()}", end="")
+            sleeper = uvm.client.exec(["sleep", "30"])
+            out, _, _ = uvm.client.run(["ps", "-o", "pid,ppid,stat,args"])
+            print(f"== ps (sleep 30 is pid {sleeper.pid})\n{out.decode()}", end="")
+            sleeper.signal(signal.SIGTERM)
+            print(f"== SIGTERM to pid {sleeper.pid} -> exit code {sleeper.wait()}")
+            assert uvm.bridge is not None
+            uvm.bridge.call(RequestId.SHUTDOWN_GRACEFUL)
+            assert uvm.proc is not None
+            print(f"== shutdown -> agent exited with {uvm.proc.wait(10)}")
+        finally:
+            uvm.stop()
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    parser = argparse.ArgumentParser(prog="gcsctl", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--uvm", default=DEFAULT_UVM, help=f"UVM directory (default {DEFAULT_UVM})")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    p = sub.add_parser("start", help="start a local-mode agent for the UVM directory")
+    p.add_argument("--loglevel", default="info")
+    p.set_defaults(fn=cmd_start)
+    p = sub.add_parser("exec", help="run a command in the UVM (like docker exec)")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pty")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("-e", "--env", action="append", help="KEY=VALUE")
+    p.add_argument("-w", "--workdir", default="/")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_exec)
+    p = sub.add_parser("console", help="interactive shell in the UVM (hcsdiag console)")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_console)
+    sub.add_parser("ps", help="processes in the UVM").set_defaults(fn=cmd_ps)
+    sub.add_parser("stacks", help="the agent's stacks (DumpStacks)").set_defaults(fn=cmd_stacks)
+    p = sub.add_parser("shutdown", help="shut the UVM (local mode: the agent) down")
+    p.add_argument("--force", action="store_true")
+    p.set_defaults(fn=cmd_shutdown)
+    sub.add_parser("demo", help="start an agent, exec, ps, signal, shut down").set_defaults(fn=cmd_demo)
+    args = parser.parse_args(argv)
+    if getattr(args, "command", None) and args.command[0] == "--":
+        args.command = args.command[1:]
+    try:
+        return args.fn(args)
+    except RpcError as err:
+        sys.stderr.write(f"gcsctl: {err}\n")
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+"""Thin wrappers for Linux syscalls Python 3.11 lacks (mount, unshare, reboot).
+
+Loaded only when needed: importing ctypes costs ~10 ms.
+"""
+from __future__ import annotations
+
+import ctypes
+import os
+from typing import Optional
+
+CLONE_NEWNS = 0x00020000
+CLONE_NEWPID = 0x20000000
+
+MS_RDONLY = 1
+MS_NOSUID = 2
+MS_NODEV = 4
+MS_NOEXEC = 8
+MS_REC = 0x4000
+MS_PRIVATE = 1 << 18
+
+MNT_DETACH = 2
+RB_POWER_OFF = 0x4321FEDC
+
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
+_libc.umount2.argtypes = [ctypes.c_char_p, ctypes.c_int]
+_libc.unshare.argtypes = [ctypes.c_int]
+_libc.reboot.argtypes = [ctypes.c_int]
+
+
+def _check(result: int, what: str) -> None:
+    if result != 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"{what}: {os.strerror(err)}")
+
+
+def _b(value: Optional[str]) -> Optional[bytes]:
+    return value.encode() if value is not None else None
+
+
+def mount(source: Optional[str], target: str, fstype: Optional[str], flags: int = 0,
+          data: Optional[str] = None) -> None:
+    _check(_libc.mount(_b(source), _b(target), _b(fstype), flags, _b(data)), f"mount {target}")
+
+
+def umount(target: str, flags: int = 0) -> None:
+    _check(_libc.umount2(_b(target), flags), f"umount {target}")
+
+
+def unshare(flags: int) -> None:
+    _check(_libc.unshare(flags), "unshare")
+
+
+def power_off() -> None:
+    os.sync()
+    _check(_libc.reboot(RB_POWER_OFF), "reboot(POWER_OFF)")

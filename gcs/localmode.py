@@ -1,0 +1,53 @@
+"""Local mode: run the agent on an ordinary Linux machine as if it were in a UVM.
+
+The agent moves into its own mount and pid namespaces, with a private tmpfs on /run and
+its own /proc, so every guest path (/run/gcs/..., /run/layers/...) works unchanged and
+vanishes with the namespace. The process that called us stays outside as a small
+supervisor: it forwards termination signals and exits with the agent's status. When the
+agent (pid 1 of the namespace) exits, the kernel kills every process left inside, so
+nothing outlives a local-mode agent.
+"""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+
+def enter() -> None:
+    """Returns in the agent (pid 1 of a new pid namespace); the supervisor never returns."""
+    from gcs import linux
+
+    linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
+    child = os.fork()
+    if child:
+        _supervise(child)
+    try:
+        import prctl
+        prctl.set_pdeathsig(signal.SIGKILL)  # the supervisor's death ends the namespace
+        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
+        linux.mount("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
+        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+    except BaseException as err:  # noqa: BLE001
+        from gcs.log import log
+        log.log("fatal", "local mode setup failed", error=str(err))
+        os._exit(1)
+
+
+def _supervise(child: int) -> None:
+    def forward(signum: int, _frame: object) -> None:
+        try:
+            os.kill(child, signum)
+        except ProcessLookupError:
+            pass
+
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
+        signal.signal(signum, forward)
+    while True:
+        try:
+            _, status = os.waitpid(child, 0)
+            break
+        except InterruptedError:
+            continue
+    sys.stdout.flush()
+    os._exit(os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status))

@@ -1,0 +1,123 @@
+"""Agent entry point: flags, local mode, the event loop, the bridge."""
+from __future__ import annotations
+
+import os
+import signal
+import sys
+
+from gcs import flags
+
+
+def _add_site_packages() -> None:
+    """Started with `python -S` (skips site's .pth processing, ~20 ms here), find our
+    dependencies' directories ourselves."""
+    if not sys.flags.no_site:
+        return
+    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
+    for candidate in (f"{sys.prefix}/lib/{version}/site-packages", "/usr/lib/python3/dist-packages",
+                      f"/usr/local/lib/{version}/dist-packages"):
+        if os.path.isdir(candidate) and candidate not in sys.path:
+            sys.path.append(candidate)
+
+
+class NoTransport:
+    """With --bridge-stdio and no --transport: stdio relays cannot be dialled."""
+
+    name = "none"
+
+    async def dial(self, port: int):
+        raise OSError(107, f"no transport configured to reach port {port} (use --transport)")
+
+    def listen(self, port: int):
+        raise OSError(107, "no transport configured")
+
+    async def accept(self, listener):
+        raise OSError(107, "no transport configured")
+
+
+def main(argv: list[str] | None = None) -> None:
+    try:
+        opts = flags.parse(sys.argv[1:] if argv is None else argv)
+    except flags.UsageError as err:
+        sys.stderr.write(f"{err}\n")
+        sys.exit(2)
+    _add_site_packages()
+
+    from vmbus.transport import parse_transport
+    transport = parse_transport(opts.transport) if opts.transport else NoTransport()
+
+    if opts.local:
+        from gcs import localmode
+        localmode.enter()
+
+    from gcs import log as logmod
+    if opts.logfile:
+        fd = os.open(opts.logfile, os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_CLOEXEC, 0o600)
+        logmod.configure(opts.loglevel, fd)
+    else:
+        logmod.configure(opts.loglevel)
+    log = logmod.log
+
+    import prctl
+    prctl.set_child_subreaper(True)
+
+    from gcs import aio
+    from gcs.agent import Agent
+    from gcs.bridge.connection import Conn
+    from gcs.bridge.server import Bridge, dial_bridge
+    from gcs.runtime.reaper import Reaper
+
+    loop = aio.get_loop()
+    loop.on_orphan_exception = lambda task, err: log.error(
+        "task failed", task=task.name, error=repr(err))
+    reaper = Reaper(loop)
+    shutdown_kind: list[str] = []
+
+    def on_shutdown(kind: str) -> None:
+        shutdown_kind.append(kind)
+        bridge.stop_after_flush()
+
+    agent = Agent(transport, reaper, on_shutdown)
+
+    if opts.bridge_stdio:
+        used = [False]
+
+        async def connect() -> Conn:
+            if used[0]:
+                raise EOFError
+            used[0] = True
+            return Conn(0, 1, label="stdio")
+    elif opts.bridge_listen is not None:
+        listener = transport.listen(opts.bridge_listen)
+
+        async def connect() -> Conn:
+            sock = await transport.accept(listener)
+            return Conn.from_socket(sock, f"{transport.name}:listen:{opts.bridge_listen}")
+    else:
+        async def connect() -> Conn:
+            return await dial_bridge(transport)
+
+    bridge = Bridge(agent.handle, connect, reconnect=not opts.bridge_stdio)
+
+    def on_term(signum: int) -> None:
+        log.info("terminating on signal", signal=signum)
+        on_shutdown("signal")
+
+    loop.add_signal_handler(signal.SIGTERM, on_term)
+    loop.add_signal_handler(signal.SIGINT, on_term)
+
+    log.info("gcs started", pid=os.getpid(), transport=transport.name, local=opts.local,
+             bridge="stdio" if opts.bridge_stdio else ("listen" if opts.bridge_listen is not None else "dial"))
+    try:
+        loop.run_until_complete(bridge.run())
+    except EOFError:
+        pass
+    agent.processes.kill_all()
+    kind = shutdown_kind[0] if shutdown_kind else "bridge closed"
+    log.info("gcs exiting", reason=kind)
+    if shutdown_kind and shutdown_kind[0] != "signal" and opts.poweroff and not opts.local \
+            and transport.name == "vsock":
+        # Only ever inside a VM: vsock is never used on a machine's own host side.
+        from gcs import linux
+        linux.power_off()
+    sys.exit(0)

@@ -1,0 +1,1 @@
+"""Sans-IO core of the hcsshim bridge protocol: framing, ids, typed messages, session state."""

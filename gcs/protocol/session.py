@@ -1,0 +1,138 @@
+"""The bridge's connection state machine, sans-IO (in the manner of h11/h2).
+
+Bytes from the host go in through `receive_data`; it returns the requests the
+application must handle and answers by itself everything the protocol decides alone:
+NegotiateProtocol, requests before negotiation, unknown message ids and undecodable
+payloads. Replies and notifications come out as bytes from `data_to_send`.
+
+Invariants kept here: exactly one reply per request, reply id = request id with type 2,
+sequence id echoed, every outbound frame under 64 KiB.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Optional
+
+from . import hresult as hr
+from .framing import DEFAULT_MAX_INBOUND, Frame, FrameDecoder, encode_frame
+from .ids import NOTIFICATION_CONTAINER, PROTOCOL_VERSION, TYPE_MASK, TYPE_REQUEST, RequestId, response_id
+from .messages import (REQUEST_TYPES, Request, encode_reply, error_response, negotiate_response,
+                       parse_request, peek_envelope)
+
+
+@dataclass
+class IncomingRequest:
+    seq: int
+    ident: int
+    request: Request
+
+    @property
+    def name(self) -> str:
+        return RequestId(self.ident).name
+
+
+@dataclass
+class AutoReply:
+    """A reply the session produced by itself (for logging by the IO layer)."""
+
+    seq: int
+    ident: int
+    result: int
+    message: str
+
+
+class ProtocolViolation(Exception):
+    """The application tried to break an invariant (for example a second reply)."""
+
+
+class BridgeSession:
+    def __init__(self, max_inbound: int = DEFAULT_MAX_INBOUND) -> None:
+        self._decoder = FrameDecoder(max_inbound)
+        self.version = 0  # 0 until NegotiateProtocol succeeds
+        self._outstanding: dict[int, int] = {}  # seq -> request id awaiting its reply
+        self._out: list[bytes] = []
+        self.auto_replies: list[AutoReply] = []
+
+    @property
+    def negotiated(self) -> bool:
+        return self.version != 0
+
+    @property
+    def outstanding(self) -> int:
+        return len(self._outstanding)
+
+    def at_boundary(self) -> bool:
+        return self._decoder.at_boundary()
+
+    # --- inbound ------------------------------------------------------------------------
+    def receive_data(self, data: bytes) -> list[IncomingRequest]:
+        """Raises FramingError when the stream cannot continue."""
+        requests: list[IncomingRequest] = []
+        for frame in self._decoder.feed(data):
+            req = self._on_frame(frame)
+            if req is not None:
+                requests.append(req)
+        return requests
+
+    def _on_frame(self, frame: Frame) -> Optional[IncomingRequest]:
+        ident = frame.ident
+        known = (ident & TYPE_MASK) == TYPE_REQUEST and ident in REQUEST_TYPES
+        if not known or (ident == RequestId.NEGOTIATE_PROTOCOL) == self.negotiated:
+            _, activity = peek_envelope(frame.payload)
+            self._auto_error(frame, activity, hr.GcsError(
+                hr.E_NOTIMPL, f"bridge: function not supported, header type: 0x{ident:08x}"))
+            return None
+        try:
+            request = parse_request(ident, frame.payload)
+        except hr.GcsError as err:
+            _, activity = peek_envelope(frame.payload)
+            self._auto_error(frame, activity, err)
+            return None
+        if ident == RequestId.NEGOTIATE_PROTOCOL:
+            self._negotiate(frame, request)  # type: ignore[arg-type]
+            return None
+        if frame.seq in self._outstanding:
+            # The host never reuses a live id; answering both would make it drop the bridge.
+            self._auto_error(frame, request.activity_id, hr.GcsError(
+                hr.E_INVALIDARG, f"sequence id {frame.seq} is already in use"))
+            return None
+        self._outstanding[frame.seq] = ident
+        return IncomingRequest(frame.seq, ident, request)
+
+    def _negotiate(self, frame: Frame, req: Any) -> None:
+        if req.maximum_version < PROTOCOL_VERSION or req.minimum_version > PROTOCOL_VERSION:
+            self._auto_error(frame, req.activity_id, hr.GcsError(
+                hr.UNSUPPORTED_PROTOCOL_VERSION,
+                f"protocol version range [{req.minimum_version}, {req.maximum_version}] "
+                f"does not include {PROTOCOL_VERSION}"))
+            return
+        self.version = PROTOCOL_VERSION
+        self._emit(response_id(frame.ident), frame.seq, negotiate_response(req.activity_id, self.version))
+        self.auto_replies.append(AutoReply(frame.seq, frame.ident, 0, "negotiated"))
+
+    def _auto_error(self, frame: Frame, activity: str, err: hr.GcsError) -> None:
+        self._emit(response_id(frame.ident), frame.seq, error_response(activity, err))
+        self.auto_replies.append(AutoReply(frame.seq, frame.ident, err.hresult, err.message))
+
+    # --- outbound -----------------------------------------------------------------------
+    def respond(self, req: IncomingRequest, reply: dict[str, Any]) -> None:
+        ident = self._outstanding.pop(req.seq, None)
+        if ident is None:
+            raise ProtocolViolation(f"request {req.seq} has no reply outstanding")
+        self._emit(response_id(ident), req.seq, reply)
+
+    def respond_error(self, req: IncomingRequest, err: BaseException) -> None:
+        self.respond(req, error_response(req.request.activity_id, err))
+
+    def notify(self, notification: dict[str, Any]) -> None:
+        self._emit(NOTIFICATION_CONTAINER, 0, notification)
+
+    def _emit(self, ident: int, seq: int, reply: dict[str, Any]) -> None:
+        self._out.append(encode_frame(ident, seq, encode_reply(reply)))
+
+    def data_to_send(self) -> bytes:
+        if not self._out:
+            return b""
+        data = b"".join(self._out)
+        self._out.clear()
+        return data

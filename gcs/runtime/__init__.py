@@ -1,0 +1,1 @@
+"""Processes the agent starts: spawning, reaping, the UVM process table."""

@@ -1,0 +1,59 @@
+"""Reaps every child of the agent and hands exit statuses to whoever watches a pid.
+
+The agent is a child subreaper (or pid 1 of its namespace in local mode), so orphaned
+descendants are re-parented to it and must be reaped too, or they stay zombies. One
+SIGCHLD-driven `waitpid(-1, WNOHANG)` loop serves both: tracked pids resolve their
+future, the rest are counted as orphans. No polling: SIGCHLD arrives through the event
+loop's signal fd.
+
+Every child must be started through code that calls `watch()` right after the fork, in
+the same loop callback, so its status can never be collected before the watch exists.
+"""
+from __future__ import annotations
+
+import os
+import signal
+
+from gcs import aio
+from gcs.log import log
+
+
+def exit_code(status: int) -> int:
+    """Exit status, or 128+signal for a process killed by a signal (as shells and runc do)."""
+    if os.WIFSIGNALED(status):
+        return 128 + os.WTERMSIG(status)
+    if os.WIFEXITED(status):
+        return os.WEXITSTATUS(status)
+    return 255
+
+
+class Reaper:
+    def __init__(self, loop: aio.Loop) -> None:
+        self._watches: dict[int, aio.Future] = {}
+        self.orphans_reaped = 0
+        loop.add_signal_handler(signal.SIGCHLD, lambda _sig: self.reap())
+
+    def watch(self, pid: int) -> aio.Future:
+        fut = self._watches.get(pid)
+        if fut is None:
+            fut = self._watches[pid] = aio.Future()
+        return fut
+
+    @property
+    def watched(self) -> int:
+        return len(self._watches)
+
+    def reap(self) -> None:
+        while True:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            fut = self._watches.pop(pid, None)
+            if fut is not None:
+                fut.set_result(status)
+            else:
+                self.orphans_reaped += 1
+                log.debug("reaped orphan", pid=pid, exit_code=exit_code(status))

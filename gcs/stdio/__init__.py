@@ -1,0 +1,1 @@
+"""Stdio of processes: ptys and the relays between them and the host's connections."""
