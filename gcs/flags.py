@@ -21,6 +21,7 @@ class Options:
     transport: str = ""
     bridge_listen: Optional[int] = None
     local: bool = False
+    exit_with_parent: bool = False
     poweroff: bool = True
     disable_time_sync: bool = False
     scrub_logs: bool = True
@@ -38,6 +39,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "transport": ("transport", "str"),
     "bridge-listen": ("bridge_listen", "int"),
     "local": ("local", "bool"),
+    "exit-with-parent": ("exit_with_parent", "bool"),
     "poweroff": ("poweroff", "bool"),
     "disable-time-sync": ("disable_time_sync", "bool"),
     "scrub-logs": ("scrub_logs", "bool"),
@@ -54,6 +56,7 @@ USAGE = """usage: python -m gcs [flags]
   --bridge-stdio (-use-inouterr)            run the bridge over stdin/stdout
   --bridge-listen PORT                      accept the bridge on PORT instead of dialling
   --local                                   local mode: own mount+pid namespaces, private /run
+  --exit-with-parent                        local mode: end when the process that started us ends
   -loglevel LEVEL   -log-format json   -logfile PATH   -v4   --poweroff=false
 """
 

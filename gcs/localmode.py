@@ -14,9 +14,16 @@ import signal
 import sys
 
 
-def enter() -> None:
+def enter(exit_with_parent: bool = False) -> None:
     """Returns in the agent (pid 1 of a new pid namespace); the supervisor never returns."""
     from gcs import linux
+
+    if exit_with_parent:
+        import prctl
+        parent = os.getppid()
+        prctl.set_pdeathsig(signal.SIGTERM)
+        if os.getppid() != parent:  # the parent died before the setting took
+            os._exit(1)
 
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
     child = os.fork()

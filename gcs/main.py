@@ -48,7 +48,7 @@ def main(argv: list[str] | None = None) -> None:
 
     if opts.local:
         from gcs import localmode
-        localmode.enter()
+        localmode.enter(opts.exit_with_parent)
 
     from gcs import log as logmod
     if opts.logfile:

@@ -1,9 +1,9 @@
 """gcsctl: drive a guest compute service from the host side.
 
-Each command takes the agent's bridge (the agent dials the host every 100 ms while no
-host is connected), negotiates, does its work and lets go; the agent keeps every process
-alive in between. `start` launches a local-mode agent for a UVM directory; a UVM booted
-under QEMU uses the same directory layout (hybrid vsock sockets `DIR/vsock_<port>`).
+`start` launches a UVM for a directory (for now a local-mode agent) and a small broker
+that holds the agent's one bridge, as HCS does; every other command connects to the
+broker, so any number of them (a console, a ps, an exec) can run at once. Stdio travels
+over hybrid vsock sockets `DIR/vsock_<port>` straight between the agent and the command.
 """
 from __future__ import annotations
 
@@ -19,72 +19,72 @@ import time
 from typing import Optional
 
 from gcs.host.bridge_client import HostBridge, RpcError
-from gcs.host.launcher import LocalUvm, agent_command, agent_env
-from gcs.host.processes import ProcessClient
-from gcs.protocol.ids import BRIDGE_PORT, RequestId
-from vmbus.hybrid import host_listen, port_path
+from gcs.host.broker import ctl_path
+from gcs.host.launcher import LocalUvm, agent_env
+from gcs.host.processes import FIRST_STDIO_PORT, ProcessClient
+from gcs.protocol.ids import RequestId
 
 DEFAULT_UVM = os.environ.get("GCSCTL_UVM", "/tmp/gcsctl-uvm")
 DEFAULT_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 
 
 class Session:
-    """One bridge connection to the agent of a UVM directory."""
+    """A connection to the UVM's broker, which holds the one bridge to the agent."""
 
-    def __init__(self, uvm_dir: str, timeout: float = 10.0) -> None:
+    def __init__(self, uvm_dir: str) -> None:
         self.dir = os.path.abspath(uvm_dir)
         self.vsock = os.path.join(self.dir, "vsock")
-        if not os.path.isdir(self.dir):
-            raise SystemExit(f"gcsctl: no UVM at {self.dir} (run 'gcsctl --uvm {uvm_dir} start')")
-        self._listener = host_listen(self.vsock, BRIDGE_PORT, backlog=1)
-        self._listener.settimeout(timeout)
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         try:
-            conn, _ = self._listener.accept()
-        except socket.timeout:
-            self.close()
-            raise SystemExit(f"gcsctl: the agent of {self.dir} did not connect within {timeout:.0f}s "
-                             f"(is it running? see {self.dir}/gcs.log)") from None
-        self.bridge = HostBridge.over_socket(conn)
+            sock.connect(ctl_path(self.dir))
+        except OSError:
+            sock.close()
+            raise SystemExit(f"gcsctl: no UVM at {self.dir} (run 'gcsctl --uvm {uvm_dir} start')") from None
+        self.bridge = HostBridge.over_socket(sock)
         self.bridge.negotiate()
-        self.client = ProcessClient(self.bridge, self.vsock)
+        # Commands share the bridge, so each takes its own range of stdio ports.
+        self.client = ProcessClient(self.bridge, self.vsock, FIRST_STDIO_PORT + (os.getpid() << 6))
 
     def close(self) -> None:
-        if getattr(self, "bridge", None) is not None:
-            self.bridge.close()
-        self._listener.close()
-        try:
-            os.unlink(port_path(self.vsock, BRIDGE_PORT))
-        except OSError:
-            pass
+        self.bridge.close()
 
 
 def _pid_file(uvm_dir: str) -> str:
-    return os.path.join(uvm_dir, "agent.pid")
+    return os.path.join(uvm_dir, "broker.pid")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
 
 
 def cmd_start(args: argparse.Namespace) -> int:
     uvm_dir = os.path.abspath(args.uvm)
     os.makedirs(uvm_dir, exist_ok=True)
     pid_file = _pid_file(uvm_dir)
-    if os.path.exists(pid_file):
-        try:
-            pid = int(open(pid_file).read())
-            os.kill(pid, 0)
-            print(f"agent already running (pid {pid})")
+    try:
+        pid = int(open(pid_file).read())
+        if _alive(pid):
+            print(f"UVM already running (broker pid {pid})")
             return 0
-        except (ValueError, ProcessLookupError):
-            pass
-    vsock = os.path.join(uvm_dir, "vsock")
-    with open(os.path.join(uvm_dir, "gcs.log"), "ab") as log:
-        proc = subprocess.Popen(agent_command(["--local", "--transport", f"hybrid:{vsock}",
-                                               "-loglevel", args.loglevel]),
-                                env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+    except (OSError, ValueError):
+        pass
+    with open(os.path.join(uvm_dir, "broker.log"), "ab") as log:
+        proc = subprocess.Popen([sys.executable, "-m", "gcs.host.broker", uvm_dir, args.loglevel],
+                                env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log, start_new_session=True)
+    assert proc.stdout is not None
+    ready = proc.stdout.readline()
+    proc.stdout.close()
+    if ready.strip() != b"ready":
+        proc.wait(10)
+        raise SystemExit(f"gcsctl: the UVM did not start; see {uvm_dir}/broker.log and {uvm_dir}/gcs.log")
     with open(pid_file, "w") as f:
         f.write(str(proc.pid))
-    session = Session(uvm_dir)  # proves it is up and speaking the protocol
-    session.close()
-    print(f"local-mode agent started (pid {proc.pid}); UVM directory {uvm_dir}")
+    print(f"local-mode UVM started (broker pid {proc.pid}); UVM directory {uvm_dir}")
     return 0
 
 
@@ -256,15 +256,12 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
     except (OSError, ValueError):
         return 0
     deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        try:
-            # The supervisor is our... not our child: poll its existence.
-            os.kill(pid, 0)
-        except ProcessLookupError:
-            break
+    while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
+    if _alive(pid):
+        raise SystemExit(f"gcsctl: the UVM broker (pid {pid}) did not exit")
     os.unlink(pid_file)
-    print("agent shut down")
+    print("UVM shut down")
     return 0
 
 

@@ -51,8 +51,8 @@ class LocalUvm:
         self._listener: Optional[socket.socket] = None
 
     def start(self, timeout: float = 10.0, negotiate: bool = True) -> "LocalUvm":
-        args = ["--local", "--transport", f"hybrid:{self.vsock_path}", "-loglevel", self.loglevel,
-                *self.extra_args]
+        args = ["--local", "--exit-with-parent", "--transport", f"hybrid:{self.vsock_path}",
+                "-loglevel", self.loglevel, *self.extra_args]
         log = open(self.log_path, "ab")
         try:
             if self.bridge_stdio:

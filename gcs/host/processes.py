@@ -94,10 +94,10 @@ def _drain(sock: socket.socket, sink: list[bytes]) -> None:
 class ProcessClient:
     """Exec and friends over one bridge connection; stdio over hybrid vsock at `stdio_path`."""
 
-    def __init__(self, bridge: HostBridge, stdio_path: Optional[str]) -> None:
+    def __init__(self, bridge: HostBridge, stdio_path: Optional[str], first_port: int = FIRST_STDIO_PORT) -> None:
         self.bridge = bridge
         self.stdio_path = stdio_path
-        self._next_port = FIRST_STDIO_PORT
+        self._next_port = first_port
         self._lock = threading.Lock()
 
     def _alloc_port(self) -> int:

@@ -1,0 +1,121 @@
+"""The agent's event loop."""
+import os
+import signal
+import socket
+import time
+
+import pytest
+
+from gcs import aio
+
+
+def run(coro):
+    return aio.get_loop().run_until_complete(aio.spawn(coro))
+
+
+def test_tasks_sleep_and_results():
+    order = []
+
+    async def worker(name, delay):
+        await aio.sleep(delay)
+        order.append(name)
+        return name
+
+    async def main():
+        tasks = [aio.spawn(worker("b", 0.02)), aio.spawn(worker("a", 0.01))]
+        return await aio.gather(*tasks)
+
+    assert run(main()) == ["b", "a"]
+    assert order == ["a", "b"]
+
+
+def test_wait_for_timeout_leaves_shared_future_usable():
+    async def main():
+        shared = aio.Future()
+        with pytest.raises(aio.TimeoutError_):
+            await aio.wait_for(shared, 0.01)
+        aio.get_loop().call_later(0.01, shared.set_result, 5)
+        return await aio.wait_for(shared, 1)
+
+    assert run(main()) == 5
+
+
+def test_cancel_a_task_waiting_on_a_socket_releases_the_watch():
+    a, b = socket.socketpair()
+    a.setblocking(False)
+
+    async def reader():
+        return await aio.sock_recv(a, 10)
+
+    async def main():
+        t = aio.spawn(reader())
+        await aio.sleep(0.01)
+        t.cancel()
+        await aio.sleep(0.01)
+        assert t.cancelled()
+        assert a.fileno() not in aio.get_loop()._readers
+        t2 = aio.spawn(reader())
+        b.send(b"hi")
+        return await t2
+
+    try:
+        assert run(main()) == b"hi"
+    finally:
+        a.close()
+        b.close()
+
+
+def test_exceptions_propagate_to_awaiters():
+    async def bad():
+        await aio.sleep(0)
+        raise ValueError("x")
+
+    async def main():
+        with pytest.raises(ValueError):
+            await aio.spawn(bad())
+        return "ok"
+
+    assert run(main()) == "ok"
+
+
+def test_signals_arrive_through_the_loop():
+    got = []
+    loop = aio.get_loop()
+    old = signal.getsignal(signal.SIGUSR2)
+    loop.add_signal_handler(signal.SIGUSR2, got.append)
+    try:
+        async def main():
+            os.kill(os.getpid(), signal.SIGUSR2)
+            for _ in range(100):
+                if got:
+                    return got
+                await aio.sleep(0.005)
+        assert run(main()) == [signal.SIGUSR2]
+    finally:
+        signal.signal(signal.SIGUSR2, old)
+
+
+def test_event_and_queue():
+    async def main():
+        ev, q = aio.Event(), aio.Queue()
+        waiter = aio.spawn(ev.wait())
+        getter = aio.spawn(q.get())
+        await aio.sleep(0)
+        q.put(1)
+        ev.set()
+        await waiter
+        return await getter
+
+    assert run(main()) == 1
+
+
+def test_timers_do_not_spin():
+    async def main():
+        t0 = time.monotonic()
+        await aio.sleep(0.05)
+        return time.monotonic() - t0
+
+    t_cpu = time.process_time()
+    elapsed = run(main())
+    assert elapsed >= 0.05
+    assert time.process_time() - t_cpu < 0.04
