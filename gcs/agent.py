@@ -6,19 +6,22 @@ simply unknown (0xC037010E), which the host treats as "gone" where that is benig
 """
 from __future__ import annotations
 
-from typing import Any, Awaitable, Callable
-
 from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import NULL_CONTAINER_ID, RequestId
-from gcs.protocol.messages import (ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
-                                   Request, ResizeConsoleRequest, SignalProcessRequest,
-                                   WaitForProcessRequest, response)
-from gcs.protocol.session import IncomingRequest
-from gcs.runtime.reaper import Reaper
-from gcs.runtime.uvm_processes import UvmProcessTable
-from gcs.stacks import dump_stacks, open_fd_count
+from gcs.protocol.replies import response
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable
+
+    from gcs.protocol.messages import (ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
+                                       Request, ResizeConsoleRequest, SignalProcessRequest,
+                                       WaitForProcessRequest)
+    from gcs.protocol.session import IncomingRequest
+    from gcs.runtime.reaper import Reaper
+    from gcs.runtime.uvm_processes import UvmProcessTable
 
 # ModifySettings resource types a Linux GCS knows (protocol.md 3.10).
 HOST_RESOURCE_TYPES = {
@@ -32,7 +35,7 @@ class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None]) -> None:
         self.transport = transport
         self.reaper = reaper
-        self.processes = UvmProcessTable(reaper, transport)
+        self._processes: UvmProcessTable | None = None
         self.on_shutdown = on_shutdown
         self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             RequestId.CREATE: self.create,
@@ -50,6 +53,19 @@ class Agent:
         }
         self._shutdown_kind = ""
 
+    @property
+    def processes(self) -> UvmProcessTable:
+        """The UVM process table, with the modules behind it loaded on first use."""
+        if self._processes is None:
+            from gcs.runtime.uvm_processes import UvmProcessTable
+            self._processes = UvmProcessTable(self.reaper, self.transport)
+        return self._processes
+
+    def warm_up(self) -> None:
+        """Load what later requests need, once NegotiateProtocol has been answered."""
+        self.processes
+        import gcs.protocol.messages  # noqa: F401
+
     async def handle(self, incoming: IncomingRequest) -> dict[str, Any]:
         req = incoming.request
         if incoming.ident in (RequestId.SHUTDOWN_GRACEFUL, RequestId.SHUTDOWN_FORCED):
@@ -58,9 +74,10 @@ class Agent:
 
     def state(self) -> dict[str, object]:
         """Sizes of everything the agent tracks (reported by DumpStacks, checked by tests)."""
+        from gcs.stacks import open_fd_count
         loop = aio.get_loop()
         return {
-            "uvm_processes": len(self.processes),
+            "uvm_processes": len(self._processes or ()),
             "reaper_watches": self.reaper.watched,
             "orphans_reaped": self.reaper.orphans_reaped,
             "tasks": len(loop.tasks),
@@ -132,6 +149,7 @@ class Agent:
         raise hr.GcsError(hr.E_NOTIMPL, f"ResourceType {req.resource_type!r} is not supported by this agent build")
 
     async def dump_stacks(self, req: Request) -> dict[str, Any]:
+        from gcs.stacks import dump_stacks
         return response(req.activity_id, GuestStacks=dump_stacks(self.state()))
 
     async def delete_container_state(self, req: Request) -> dict[str, Any]:

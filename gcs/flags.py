@@ -3,29 +3,29 @@ the agent accepts the host's `/bin/gcs -v4 -log-format json -loglevel info ...` 
 (argparse would also cost a few ms of start-up.)"""
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Optional
 
 
 class UsageError(Exception):
     pass
 
 
-@dataclass
 class Options:
-    v4: bool = False
-    loglevel: str = "info"
-    log_format: str = "json"
-    logfile: str = ""
-    bridge_stdio: bool = False
-    transport: str = ""
-    bridge_listen: Optional[int] = None
-    local: bool = False
-    exit_with_parent: bool = False
-    poweroff: bool = True
-    disable_time_sync: bool = False
-    scrub_logs: bool = True
-    core_dump_location: str = ""
+    """The agent's settings (a plain class: dataclasses cost start-up time)."""
+
+    def __init__(self) -> None:
+        self.v4 = False
+        self.loglevel = "info"
+        self.log_format = "json"
+        self.logfile = ""
+        self.bridge_stdio = False
+        self.transport = ""
+        self.bridge_listen: int | None = None
+        self.local = False
+        self.exit_with_parent = False
+        self.poweroff = True
+        self.disable_time_sync = False
+        self.scrub_logs = True
+        self.core_dump_location = ""
 
 
 # flag name -> (Options field, kind)

@@ -98,6 +98,7 @@ def main(argv: list[str] | None = None) -> None:
             return await dial_bridge(transport)
 
     bridge = Bridge(agent.handle, connect, reconnect=not opts.bridge_stdio)
+    bridge.on_negotiated = agent.warm_up
 
     def on_term(signum: int) -> None:
         log.info("terminating on signal", signal=signum)

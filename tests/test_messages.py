@@ -7,8 +7,9 @@ import pytest
 from gcs.protocol import hresult as hr
 from gcs.protocol.framing import encode_frame
 from gcs.protocol.ids import RequestId, response_id
-from gcs.protocol.messages import (container_notification, encode_json, encode_reply, error_response,
-                                   negotiate_response, parse_request, response)
+from gcs.protocol.messages import parse_request
+from gcs.protocol.replies import (container_notification, encode_json, encode_reply, error_response,
+                                  negotiate_response, response)
 from gcs.protocol.session import BridgeSession
 
 AID = "5b3a7f52-0c1e-4d6e-9a40-3f1f4b5c6d7e"

@@ -6,7 +6,7 @@ import pytest
 from gcs.protocol import hresult as hr
 from gcs.protocol.framing import FramingError, encode_frame
 from gcs.protocol.ids import RequestId
-from gcs.protocol.messages import error_response, response
+from gcs.protocol.replies import error_response, response
 from gcs.protocol.session import BridgeSession, ProtocolViolation
 
 ZERO = "00000000-0000-0000-0000-000000000000"

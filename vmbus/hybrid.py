@@ -16,6 +16,7 @@ import socket
 import time
 
 from gcs import aio
+from vmbus.transport import Transport
 
 HANDSHAKE_TIMEOUT = 5.0
 MAX_HANDSHAKE_LINE = 64
@@ -29,7 +30,7 @@ def _unix_socket() -> socket.socket:
     return socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_CLOEXEC | socket.SOCK_NONBLOCK)
 
 
-class HybridTransport:
+class HybridTransport(Transport):
     name = "hybrid"
 
     def __init__(self, path: str) -> None:

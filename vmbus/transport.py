@@ -2,20 +2,24 @@
 from __future__ import annotations
 
 import socket
-from typing import Protocol
 
 
-class Transport(Protocol):
-    name: str
+class Transport:
+    """Base of the transports (an interface; not typing.Protocol, to keep start-up lean)."""
+
+    name = "?"
 
     async def dial(self, port: int) -> socket.socket:
         """Connect to the host's port; returns a non-blocking, close-on-exec socket."""
+        raise NotImplementedError
 
     def listen(self, port: int) -> socket.socket:
         """A listening socket for connections the host makes to our `port`."""
+        raise NotImplementedError
 
     async def accept(self, listener: socket.socket) -> socket.socket:
         """The next connection on a listener made by `listen`."""
+        raise NotImplementedError
 
 
 def parse_transport(spec: str) -> Transport:

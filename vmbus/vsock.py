@@ -6,6 +6,7 @@ import errno
 import socket
 
 from gcs import aio
+from vmbus.transport import Transport
 
 VMADDR_CID_ANY = 0xFFFFFFFF
 VMADDR_CID_HOST = 2
@@ -14,7 +15,7 @@ CONNECT_RETRIES = 10
 RETRY_DELAY = 0.1
 
 
-class VsockTransport:
+class VsockTransport(Transport):
     name = "vsock"
 
     def __init__(self, cid: int = VMADDR_CID_HOST) -> None:

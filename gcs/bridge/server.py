@@ -4,9 +4,7 @@ reconnect loop that dials again every 100 ms (protocol.md 1.4, 2.4, 8.2).
 """
 from __future__ import annotations
 
-import traceback
 from collections import deque
-from typing import Any, Awaitable, Callable, Optional
 
 from gcs import aio
 from gcs.bridge.connection import Conn
@@ -14,10 +12,16 @@ from gcs.log import log
 from gcs.protocol.framing import FramingError
 from gcs.protocol.hresult import GcsError
 from gcs.protocol.ids import BRIDGE_PORT, describe
-from gcs.protocol.messages import Request
-from gcs.protocol.session import BridgeSession, IncomingRequest
+from gcs.protocol.session import BridgeSession
 
-Handler = Callable[[IncomingRequest], Awaitable[dict[str, Any]]]
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Awaitable, Callable, Optional
+
+    from gcs.protocol.messages import Request
+    from gcs.protocol.session import IncomingRequest
+
+    Handler = Callable[[IncomingRequest], Awaitable[dict[str, Any]]]
 READ_CHUNK = 256 * 1024
 REDIAL_DELAY = 0.1
 MAX_QUEUED_NOTIFICATIONS = 10000
@@ -40,6 +44,7 @@ class Bridge:
         self._drained.set()
         self.stopping = False
         self._reader: Optional[aio.Task] = None
+        self.on_negotiated: Optional[Callable[[], None]] = None
 
     # --- lifecycle ------------------------------------------------------------------------
     async def run(self) -> None:
@@ -115,6 +120,9 @@ class Bridge:
                 task.add_done_callback(self.in_flight.discard)
             if session.negotiated and not was_negotiated:
                 self._flush_notifications()
+                self._flush()
+                if self.on_negotiated is not None:
+                    aio.get_loop().call_soon(self.on_negotiated)
             self._flush()
 
     async def _handle(self, req: IncomingRequest, session: BridgeSession) -> None:
@@ -126,6 +134,7 @@ class Bridge:
         except aio.Cancelled:
             raise
         except Exception as err:  # noqa: BLE001 - any bug becomes E_FAIL, never a dead agent
+            import traceback
             log.error("request handler failed", request=req.name, seq=req.seq,
                       error=repr(err), trace=traceback.format_exc(limit=8))
             reply, error = None, err

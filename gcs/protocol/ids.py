@@ -55,3 +55,11 @@ def describe(ident: int) -> str:
         return RequestId(ident).name
     except ValueError:
         return f"0x{ident:08x}"
+
+# Requests a Linux GCS answers with something other than E_NOTIMPL.
+HANDLED_REQUESTS = frozenset({
+    RequestId.CREATE, RequestId.START, RequestId.SHUTDOWN_GRACEFUL, RequestId.SHUTDOWN_FORCED,
+    RequestId.EXECUTE_PROCESS, RequestId.WAIT_FOR_PROCESS, RequestId.SIGNAL_PROCESS,
+    RequestId.RESIZE_CONSOLE, RequestId.GET_PROPERTIES, RequestId.MODIFY_SETTINGS,
+    RequestId.NEGOTIATE_PROTOCOL, RequestId.DUMP_STACKS, RequestId.DELETE_CONTAINER_STATE,
+})

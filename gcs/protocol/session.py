@@ -10,35 +10,40 @@ sequence id echoed, every outbound frame under 64 KiB.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any, Optional
-
 from . import hresult as hr
+from .fields import Obj, peek_envelope
 from .framing import DEFAULT_MAX_INBOUND, Frame, FrameDecoder, encode_frame
-from .ids import NOTIFICATION_CONTAINER, PROTOCOL_VERSION, TYPE_MASK, TYPE_REQUEST, RequestId, response_id
-from .messages import (REQUEST_TYPES, Request, encode_reply, error_response, negotiate_response,
-                       parse_request, peek_envelope)
+from .ids import (HANDLED_REQUESTS, NOTIFICATION_CONTAINER, PROTOCOL_VERSION, TYPE_MASK, TYPE_REQUEST,
+                  RequestId, response_id)
+from .replies import encode_reply, error_response, negotiate_response
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    from typing import Any, Optional
+
+    from .messages import Request
 
 
-@dataclass
 class IncomingRequest:
-    seq: int
-    ident: int
-    request: Request
+    """A decoded request the application must answer (exactly once)."""
+
+    __slots__ = ("seq", "ident", "request")
+
+    def __init__(self, seq: int, ident: int, request: "Request") -> None:
+        self.seq, self.ident, self.request = seq, ident, request
 
     @property
     def name(self) -> str:
         return RequestId(self.ident).name
 
 
-@dataclass
 class AutoReply:
     """A reply the session produced by itself (for logging by the IO layer)."""
 
-    seq: int
-    ident: int
-    result: int
-    message: str
+    __slots__ = ("seq", "ident", "result", "message")
+
+    def __init__(self, seq: int, ident: int, result: int, message: str) -> None:
+        self.seq, self.ident, self.result, self.message = seq, ident, result, message
 
 
 class ProtocolViolation(Exception):
@@ -76,20 +81,21 @@ class BridgeSession:
 
     def _on_frame(self, frame: Frame) -> Optional[IncomingRequest]:
         ident = frame.ident
-        known = (ident & TYPE_MASK) == TYPE_REQUEST and ident in REQUEST_TYPES
+        known = (ident & TYPE_MASK) == TYPE_REQUEST and ident in HANDLED_REQUESTS
         if not known or (ident == RequestId.NEGOTIATE_PROTOCOL) == self.negotiated:
             _, activity = peek_envelope(frame.payload)
             self._auto_error(frame, activity, hr.GcsError(
                 hr.E_NOTIMPL, f"bridge: function not supported, header type: 0x{ident:08x}"))
             return None
         try:
+            if ident == RequestId.NEGOTIATE_PROTOCOL:
+                self._negotiate(frame, Obj.parse(frame.payload, "message NegotiateProtocol"))
+                return None
+            from .messages import parse_request  # loaded after negotiation: see messages.py
             request = parse_request(ident, frame.payload)
         except hr.GcsError as err:
             _, activity = peek_envelope(frame.payload)
             self._auto_error(frame, activity, err)
-            return None
-        if ident == RequestId.NEGOTIATE_PROTOCOL:
-            self._negotiate(frame, request)  # type: ignore[arg-type]
             return None
         if frame.seq in self._outstanding:
             # The host never reuses a live id; answering both would make it drop the bridge.
@@ -99,15 +105,16 @@ class BridgeSession:
         self._outstanding[frame.seq] = ident
         return IncomingRequest(frame.seq, ident, request)
 
-    def _negotiate(self, frame: Frame, req: Any) -> None:
-        if req.maximum_version < PROTOCOL_VERSION or req.minimum_version > PROTOCOL_VERSION:
-            self._auto_error(frame, req.activity_id, hr.GcsError(
+    def _negotiate(self, frame: Frame, req: Obj) -> None:
+        activity = req.str("ActivityId")
+        lo, hi = req.uint("MinimumVersion"), req.uint("MaximumVersion")
+        if hi < PROTOCOL_VERSION or lo > PROTOCOL_VERSION:
+            self._auto_error(frame, activity, hr.GcsError(
                 hr.UNSUPPORTED_PROTOCOL_VERSION,
-                f"protocol version range [{req.minimum_version}, {req.maximum_version}] "
-                f"does not include {PROTOCOL_VERSION}"))
+                f"protocol version range [{lo}, {hi}] does not include {PROTOCOL_VERSION}"))
             return
         self.version = PROTOCOL_VERSION
-        self._emit(response_id(frame.ident), frame.seq, negotiate_response(req.activity_id, self.version))
+        self._emit(response_id(frame.ident), frame.seq, negotiate_response(activity, self.version))
         self.auto_replies.append(AutoReply(frame.seq, frame.ident, 0, "negotiated"))
 
     def _auto_error(self, frame: Frame, activity: str, err: hr.GcsError) -> None:

@@ -1,0 +1,166 @@
+"""Benchmarks of the agent in local mode (this machine), printed as a table.
+
+Each figure is a median over repeated runs unless it says otherwise. Timings are noisy
+(±30% run to run here): compare runs as ratios, side by side in one run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+
+from bench.syncbridge import SyncBridge
+from gcs.host.launcher import agent_command, agent_env
+from gcs.protocol.ids import BRIDGE_PORT, RequestId
+from vmbus.hybrid import host_listen
+
+# Targets from the GCS core issue; the Go GCS from shared/reference-figures.md (same machine kind).
+ROWS: list[tuple[str, str, str, str]] = []
+
+
+def report(name: str, value: float, unit: str, target: str, reference: str) -> None:
+    shown = f"{value:.3f}" if value < 10 else f"{value:.1f}"
+    ROWS.append((name, f"{shown} {unit}", target, reference))
+    print(f"  {name}: {shown} {unit}", file=sys.stderr, flush=True)
+
+
+class Agent:
+    def __init__(self, directory: str) -> None:
+        self.dir = directory
+        self.vsock = os.path.join(directory, "vsock")
+        self.listener = host_listen(self.vsock, BRIDGE_PORT)
+        t0 = time.perf_counter()
+        self.proc = subprocess.Popen(
+            agent_command(["--local", "--exit-with-parent", "--transport", f"hybrid:{self.vsock}",
+                           "-loglevel", "warning"]),
+            env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
+            stderr=open(os.path.join(directory, "gcs.log"), "ab"))
+        conn, _ = self.listener.accept()
+        self.bridge = SyncBridge(conn)
+        self.bridge.negotiate()
+        self.startup = time.perf_counter() - t0
+
+    @property
+    def pid(self) -> int:
+        with open(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children") as f:
+            return int(f.read().split()[0])
+
+    def rss_mib(self) -> float:
+        with open(f"/proc/{self.pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1]) / 1024
+        raise RuntimeError("no VmRSS")
+
+    def stop(self) -> None:
+        try:
+            self.bridge.call(RequestId.SHUTDOWN_GRACEFUL)
+        except (OSError, EOFError, RuntimeError):
+            pass
+        self.bridge.sock.close()
+        self.listener.close()
+        try:
+            self.proc.wait(10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+
+
+def median_ms(samples: list[float]) -> float:
+    return statistics.median(samples) * 1000
+
+
+def bench_startup(tmp: str, runs: int = 15) -> None:
+    samples = []
+    for i in range(runs):
+        d = os.path.join(tmp, f"start{i}")
+        os.makedirs(d)
+        agent = Agent(d)
+        samples.append(agent.startup)
+        agent.stop()
+    report("agent start -> NegotiateProtocol answered", median_ms(samples), "ms", "<= 60 ms", "42 ms")
+
+
+def bench_round_trip(agent: Agent, n: int = 3000) -> None:
+    call = agent.bridge.call
+    for _ in range(200):
+        call(RequestId.START)
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        call(RequestId.START)
+        samples.append(time.perf_counter() - t0)
+    report("cheap request round trip (Start)", median_ms(samples), "ms", "<= 0.3 ms", "0.19 ms")
+
+
+def bench_exec(agent: Agent, n: int = 1000) -> None:
+    b = agent.bridge
+    samples = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        code = b.wait(b.exec(["/bin/true"]))
+        samples.append(time.perf_counter() - t0)
+        assert code == 0
+    report("exec+wait /bin/true in the UVM", median_ms(samples), "ms", "<= 2 ms", "1.6 ms")
+
+
+def bench_stdout(agent: Agent, mib: int = 2048) -> None:
+    port = 0x40000001 + 7
+    listener = host_listen(agent.vsock, port, backlog=1)
+    b = agent.bridge
+    pp = {"CommandArgs": ["dd", "if=/dev/zero", "bs=1M", f"count={mib}", "status=none"],
+          "WorkingDirectory": "/", "Environment": {"PATH": "/usr/bin:/bin"}, "CreateStdOutPipe": True}
+    t0 = time.perf_counter()
+    pid = b.call(RequestId.EXECUTE_PROCESS, Settings={"ProcessParameters": json.dumps(pp),
+                                                      "VsockStdioRelaySettings": {"StdOut": port}})["ProcessId"]
+    conn, _ = listener.accept()
+    listener.close()
+    os.unlink(f"{agent.vsock}_{port}")
+    buf = bytearray(1 << 20)
+    view = memoryview(buf)
+    total = 0
+    while True:
+        n = conn.recv_into(view)
+        if not n:
+            break
+        total += n
+    elapsed = time.perf_counter() - t0
+    conn.close()
+    assert b.wait(pid) == 0 and total == mib << 20
+    report(f"stdout relay throughput ({mib} MiB, one run)", total / elapsed / 1e6, "MB/s", ">= 1000 MB/s", "-")
+
+
+def main() -> int:
+    if os.geteuid() != 0:
+        print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
+        return 1
+    print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
+    with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
+        bench_startup(tmp)
+        agent = Agent(os.path.join(tmp, "main") if os.makedirs(os.path.join(tmp, "main")) is None else tmp)
+        try:
+            report("agent RSS after start", agent.rss_mib(), "MiB", "-", "12.8 MB")
+            bench_round_trip(agent)
+            bench_exec(agent)
+            report("agent RSS after 1,000 execs", agent.rss_mib(), "MiB", "<= 25 MiB",
+                   "16.6 MB after 50 execs")
+            bench_stdout(agent)
+        finally:
+            agent.stop()
+    width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
+             for i in range(4)]
+    header = ("measure", "pygcs", "target", "Go GCS (reference)")
+    print(" | ".join(h.ljust(w) for h, w in zip(header, width)))
+    print("-|-".join("-" * w for w in width))
+    for row in ROWS:
+        print(" | ".join(c.ljust(w) for c, w in zip(row, width)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
