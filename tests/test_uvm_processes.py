@@ -308,3 +308,15 @@ def test_logs_are_json_lines_without_environment(uvm):
         record = json.loads(line)
         assert {"time", "level", "msg"} <= record.keys()
         assert record["time"].endswith("Z")
+
+
+def test_dump_stacks_fits_in_64k_with_many_tasks(uvm):
+    procs = [uvm.client.exec(["sleep", "60"]) for _ in range(700)]
+    reply = uvm.bridge.call(RequestId.DUMP_STACKS)
+    assert reply["GuestStacks"].endswith("[truncated]")
+    assert len(json.dumps(reply)) <= 65536 - 16
+    assert uvm.bridge.violations == []
+    for p in procs:
+        p.kill()
+    for p in procs:
+        assert p.wait() == 137
