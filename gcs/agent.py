@@ -22,8 +22,10 @@ if TYPE_CHECKING:
     from gcs.protocol.session import IncomingRequest
     from gcs.runtime.reaper import Reaper
     from gcs.runtime.uvm_processes import UvmProcessTable
+    from gcs.storage.manager import Storage
 
-# ModifySettings resource types a Linux GCS knows (protocol.md 3.10).
+# ModifySettings resource types a Linux GCS knows (protocol.md 3.10); the storage ones.
+STORAGE_RESOURCE_TYPES = {"MappedVirtualDisk", "SCSIDevice", "VPMemDevice", "CombinedLayers", "MappedDirectory"}
 HOST_RESOURCE_TYPES = {
     "MappedVirtualDisk", "SCSIDevice", "VPMemDevice", "CombinedLayers", "MappedDirectory",
     "Network", "VPCIDevice", "ContainerConstraints", "PodCgroupMemoryLimit",
@@ -32,10 +34,13 @@ HOST_RESOURCE_TYPES = {
 
 
 class Agent:
-    def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None]) -> None:
+    def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
+                 dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0) -> None:
         self.transport = transport
         self.reaper = reaper
         self._processes: UvmProcessTable | None = None
+        self._storage: Storage | None = None
+        self._device_args = (dev_root, sys_root, device_wait)
         self.on_shutdown = on_shutdown
         self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             RequestId.CREATE: self.create,
@@ -61,6 +66,21 @@ class Agent:
             self._processes = UvmProcessTable(self.reaper, self.transport)
         return self._processes
 
+    @property
+    def storage(self) -> Storage:
+        if self._storage is None:
+            from gcs.storage.devices import DeviceResolver
+            from gcs.storage.manager import Storage
+            self._storage = Storage(DeviceResolver(*self._device_args), self.transport, self.reaper)
+        return self._storage
+
+    def teardown(self) -> None:
+        """At shutdown: end the processes, then unmount everything the agent mounted."""
+        if self._processes is not None:
+            self._processes.kill_all()
+        if self._storage is not None:
+            self._storage.teardown()
+
     def warm_up(self) -> None:
         """Load what later requests need, once NegotiateProtocol has been answered."""
         self.processes
@@ -78,6 +98,7 @@ class Agent:
         loop = aio.get_loop()
         return {
             "uvm_processes": len(self._processes or ()),
+            **(self._storage.state() if self._storage is not None else {"storage_mounts": 0, "overlays": 0}),
             "reaper_watches": self.reaper.watched,
             "orphans_reaped": self.reaper.orphans_reaped,
             "tasks": len(loop.tasks),
@@ -146,6 +167,9 @@ class Agent:
             raise hr.GcsError(hr.E_FAIL, f"invalid ResourceType {req.resource_type!r}")
         if req.request_type not in ("Add", "Remove", "Update", "PreAdd"):
             raise hr.GcsError(hr.E_FAIL, f"the RequestType {req.request_type!r} is not supported")
+        if req.resource_type in STORAGE_RESOURCE_TYPES:
+            await self.storage.modify(req)
+            return response(req.activity_id)
         raise hr.GcsError(hr.E_NOTIMPL, f"ResourceType {req.resource_type!r} is not supported by this agent build")
 
     async def dump_stacks(self, req: Request) -> dict[str, Any]:

@@ -562,3 +562,44 @@ async def fd_write_all(fd: int, data: bytes) -> None:
             view = view[os.write(fd, view):]
         except (BlockingIOError, InterruptedError):
             await wait_writable(fd)
+
+
+class Lock:
+    """A FIFO mutex for tasks (`async with lock:`)."""
+
+    def __init__(self) -> None:
+        self._locked = False
+        self._waiters: deque[Future] = deque()
+
+    def locked(self) -> bool:
+        return self._locked
+
+    async def __aenter__(self) -> "Lock":
+        if self._locked:
+            fut = Future(private=True)
+            self._waiters.append(fut)
+            try:
+                await fut  # ownership is handed over directly by __aexit__
+            except BaseException:
+                if fut.done() and not fut.cancelled():
+                    self._release()  # we were handed the lock but will not use it
+                else:
+                    try:
+                        self._waiters.remove(fut)
+                    except ValueError:
+                        pass
+                raise
+        else:
+            self._locked = True
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        self._release()
+
+    def _release(self) -> None:
+        while self._waiters:
+            fut = self._waiters.popleft()
+            if not fut.done():
+                fut.set_result(None)  # stays locked, now owned by that waiter
+                return
+        self._locked = False

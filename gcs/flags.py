@@ -26,6 +26,9 @@ class Options:
         self.disable_time_sync = False
         self.scrub_logs = True
         self.core_dump_location = ""
+        self.dev_root = "/"
+        self.sys_root = "/"
+        self.device_wait = 30.0
 
 
 # flag name -> (Options field, kind)
@@ -44,6 +47,9 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "disable-time-sync": ("disable_time_sync", "bool"),
     "scrub-logs": ("scrub_logs", "bool"),
     "core-dump-location": ("core_dump_location", "str"),
+    "dev-root": ("dev_root", "str"),
+    "sys-root": ("sys_root", "str"),
+    "device-wait": ("device_wait", "float"),
     # Accepted for compatibility with the Go GCS; they change nothing here.
     "kmsgLogLevel": ("", "int"),
     "root-mem-reserve-bytes": ("", "int"),
@@ -57,6 +63,8 @@ USAGE = """usage: python -m gcs [flags]
   --bridge-listen PORT                      accept the bridge on PORT instead of dialling
   --local                                   local mode: own mount+pid namespaces, private /run
   --exit-with-parent                        local mode: end when the process that started us ends
+  --dev-root DIR --sys-root DIR             find /dev and /sys entries under DIR (default /)
+  --device-wait SECONDS                     how long to wait for a hot-added device (default 30)
   -loglevel LEVEL   -log-format json   -logfile PATH   -v4   --poweroff=false
 """
 
@@ -85,9 +93,9 @@ def parse(argv: list[str]) -> Options:
                     raise UsageError(f"flag needs an argument: -{name}")
                 value = argv[i]
                 i += 1
-            if kind == "int":
+            if kind in ("int", "float"):
                 try:
-                    parsed = int(value, 0)
+                    parsed = int(value, 0) if kind == "int" else float(value)
                 except ValueError:
                     raise UsageError(f"invalid value {value!r} for -{name}") from None
             else:

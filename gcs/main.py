@@ -77,7 +77,7 @@ def main(argv: list[str] | None = None) -> None:
         shutdown_kind.append(kind)
         bridge.stop_after_flush()
 
-    agent = Agent(transport, reaper, on_shutdown)
+    agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait)
 
     if opts.bridge_stdio:
         used = [False]
@@ -113,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
         loop.run_until_complete(bridge.run())
     except EOFError:
         pass
-    agent.processes.kill_all()
+    agent.teardown()
     kind = shutdown_kind[0] if shutdown_kind else "bridge closed"
     log.info("gcs exiting", reason=kind)
     if shutdown_kind and shutdown_kind[0] != "signal" and opts.poweroff and not opts.local \

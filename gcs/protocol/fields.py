@@ -113,6 +113,14 @@ class Obj:
             raise self._err(name, "an array of strings", value)
         return list(value)
 
+    def obj_list(self, name: str) -> list["Obj"]:
+        value = self.raw(name)
+        if value is _MISSING or value is None:
+            return []
+        if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+            raise self._err(name, "an array of objects", value)
+        return [Obj(v, f"{self.where}.{name}[{i}]") for i, v in enumerate(value)]
+
     def str_map(self, name: str) -> dict[str, str]:
         value = self.raw(name)
         if value is _MISSING or value is None:

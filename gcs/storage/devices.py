@@ -1,0 +1,127 @@
+"""Finding the block devices the host hot-adds (protocol.md 6.2, 6.3).
+
+Every lookup goes through `dev_root` and `sys_root` (both `/` in a UVM), so the same code
+finds devices in a test tree whose entries point at real loop devices.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from gcs import aio
+from gcs.log import log
+from gcs.protocol import hresult as hr
+
+# hcsshim's logical SCSI controller index -> VMBus instance GUID of that controller.
+SCSI_CONTROLLER_GUIDS = (
+    "df6d0690-79e5-55b6-a5ec-c1e2f77f580a",
+    "0110f83b-de10-5172-a266-78bca56bf50a",
+    "b5d2d8d4-3a75-51bf-945b-3444dc6b8579",
+    "305891a9-b251-5dfe-91a2-c25d9212275b",
+)
+POLL_INTERVAL = 0.01
+EXT4_MAGIC_OFFSET = 1024 + 56
+
+
+class DeviceResolver:
+    def __init__(self, dev_root: str = "/", sys_root: str = "/", wait: float = 30.0) -> None:
+        self.dev_root = dev_root
+        self.sys_root = sys_root
+        self.wait = wait
+
+    def dev(self, name: str) -> str:
+        return os.path.join(self.dev_root, "dev", name)
+
+    def sys(self, *parts: str) -> str:
+        return os.path.join(self.sys_root, "sys", *parts)
+
+    async def _wait_for(self, what: str, probe) -> str:
+        """Poll `probe` until it returns a path; bounded by `self.wait`, logged."""
+        found = probe()
+        if found:
+            return found
+        log.info("waiting for device", device=what, timeout_s=self.wait)
+        start = time.monotonic()
+        while True:
+            await aio.sleep(POLL_INTERVAL)
+            found = probe()
+            if found:
+                log.info("device appeared", device=what, waited_ms=round((time.monotonic() - start) * 1000))
+                return found
+            if time.monotonic() - start >= self.wait:
+                raise hr.GcsError(hr.ERROR_NOT_FOUND,
+                                  f"device {what} did not appear within {self.wait:g}s")
+
+    # --- vPMEM --------------------------------------------------------------------------
+    async def pmem(self, number: int) -> str:
+        path = self.dev(f"pmem{number}")
+        return await self._wait_for(path, lambda: path if os.path.exists(path) else None)
+
+    # --- SCSI ---------------------------------------------------------------------------
+    def scsi_host(self, controller: int) -> int:
+        if controller >= len(SCSI_CONTROLLER_GUIDS):
+            raise hr.GcsError(hr.E_INVALIDARG, f"SCSI controller {controller} out of range (0-3)")
+        vmbus = self.sys("bus", "vmbus", "devices", SCSI_CONTROLLER_GUIDS[controller])
+        try:
+            entries = os.listdir(vmbus)
+        except OSError:
+            raise hr.GcsError(hr.ERROR_NOT_FOUND, f"SCSI controller {controller}: {vmbus} not found") from None
+        for entry in entries:
+            if entry.startswith("host") and entry[4:].isdigit():
+                return int(entry[4:])
+        raise hr.GcsError(hr.ERROR_NOT_FOUND, f"SCSI controller {controller}: no host entry in {vmbus}")
+
+    def scsi_dir(self, host: int, lun: int) -> str:
+        return self.sys("bus", "scsi", "devices", f"{host}:0:0:{lun}")
+
+    async def scsi_device(self, controller: int, lun: int, partition: int = 0) -> str:
+        host = self.scsi_host(controller)
+        block = os.path.join(self.scsi_dir(host, lun), "block")
+
+        def probe_disk() -> str | None:
+            try:
+                names = os.listdir(block)
+            except OSError:
+                return None
+            if len(names) > 1:
+                raise hr.GcsError(hr.E_FAIL, f"more than one block device under {block}: {names}")
+            return names[0] if names else None
+
+        name = await self._wait_for(f"SCSI {host}:0:0:{lun} ({block})", probe_disk)
+        if partition:
+            part = f"{name}{partition}" if not name[-1].isdigit() else f"{name}p{partition}"
+            part_dir = os.path.join(block, name, part)
+            name = await self._wait_for(f"partition {part} ({part_dir})",
+                                        lambda: part if os.path.exists(part_dir) else None)
+        path = self.dev(name)
+
+        def probe_open() -> str | None:
+            try:
+                os.close(os.open(path, os.O_RDONLY | os.O_CLOEXEC))
+                return path
+            except OSError:
+                return None
+
+        return await self._wait_for(path, probe_open)
+
+    def scsi_delete_path(self, controller: int, lun: int) -> str:
+        return os.path.join(self.scsi_dir(self.scsi_host(controller), lun), "delete")
+
+    def supports_dax(self, device: str) -> bool:
+        name = os.path.basename(os.path.realpath(device))
+        try:
+            with open(self.sys("class", "block", name, "queue", "dax")) as f:
+                return f.read().strip() == "1"
+        except OSError:
+            return False
+
+
+def has_ext4_superblock(device: str, offset: int = 0) -> bool:
+    try:
+        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as err:
+        raise hr.GcsError(hr.E_FAIL, f"open {device}: {err.strerror}") from None
+    try:
+        return os.pread(fd, 2, offset + EXT4_MAGIC_OFFSET) == b"\x53\xef"
+    finally:
+        os.close(fd)

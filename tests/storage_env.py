@@ -1,0 +1,95 @@
+"""Real loop devices and a /dev + /sys test tree for the storage tests.
+
+The tree stands in for what only a Hyper-V UVM has (the VMBus SCSI controller entries and
+the SCSI `delete` node are plain files here); every block device in it is a real loop
+device over a real ext4 image.
+"""
+import os
+import subprocess
+
+from gcs.host.images import make_layer_image, make_scratch_image
+from gcs.storage.devices import SCSI_CONTROLLER_GUIDS
+
+
+class Loops:
+    def __init__(self):
+        self.devices = []
+
+    def attach(self, image, partitions=False, read_only=False):
+        args = ["losetup", "-f", "--show"] + (["-P"] if partitions else []) + (["-r"] if read_only else []) + [image]
+        dev = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+        self.devices.append(dev)
+        return dev
+
+    def detach_all(self):
+        for dev in reversed(self.devices):
+            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        self.devices.clear()
+
+
+class DeviceTree:
+    def __init__(self, root, loops):
+        self.dev_root = os.path.join(root, "devroot")
+        self.sys_root = os.path.join(root, "sysroot")
+        self.images = os.path.join(root, "images")
+        for d in (os.path.join(self.dev_root, "dev"), self.images):
+            os.makedirs(d, exist_ok=True)
+        self.loops = loops
+
+    def args(self, wait=1.0):
+        return ["--dev-root", self.dev_root, "--sys-root", self.sys_root, "--device-wait", str(wait)]
+
+    def layer(self, name, files):
+        src = os.path.join(self.images, name + ".d")
+        for rel, content in files.items():
+            path = os.path.join(src, rel)
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            with open(path, "w") as f:
+                f.write(content)
+        os.makedirs(src, exist_ok=True)
+        image = os.path.join(self.images, name + ".img")
+        make_layer_image(src, image)
+        return image
+
+    def add_pmem(self, number, image):
+        dev = self.loops.attach(image, read_only=True)
+        os.symlink(dev, os.path.join(self.dev_root, "dev", f"pmem{number}"))
+        return dev
+
+    def add_controller(self, controller, host):
+        os.makedirs(os.path.join(self.sys_root, "sys/bus/vmbus/devices", SCSI_CONTROLLER_GUIDS[controller],
+                                 f"host{host}"), exist_ok=True)
+
+    def scsi_dir(self, host, lun):
+        return os.path.join(self.sys_root, "sys/bus/scsi/devices", f"{host}:0:0:{lun}")
+
+    def add_scsi_disk(self, host, lun, image, partitions=()):
+        """partitions: (start, size) byte ranges; each becomes its own loop device over that
+        range of the image (this machine's kernel has no partition-table support)."""
+        dev = self.loops.attach(image)
+        name = os.path.basename(dev)
+        block = os.path.join(self.scsi_dir(host, lun), "block", name)
+        os.makedirs(block)
+        for number, (start, size) in enumerate(partitions, 1):
+            part = subprocess.run(["losetup", "-f", "--show", "-o", str(start), "--sizelimit", str(size), image],
+                                  check=True, capture_output=True, text=True).stdout.strip()
+            self.loops.devices.append(part)
+            os.makedirs(os.path.join(block, f"{name}p{number}"))
+            os.symlink(part, os.path.join(self.dev_root, "dev", f"{name}p{number}"))
+        os.symlink(dev, os.path.join(self.dev_root, "dev", name))
+        open(os.path.join(self.scsi_dir(host, lun), "delete"), "w").close()
+        return dev
+
+    def scratch(self, name, size=64 << 20, blank=False):
+        image = os.path.join(self.images, name + ".img")
+        if blank:
+            with open(image, "wb") as f:
+                f.truncate(size)
+        else:
+            make_scratch_image(image, size)
+        return image
+
+
+def host_mountinfo():
+    with open("/proc/self/mountinfo") as f:
+        return f.read()
