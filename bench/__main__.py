@@ -30,14 +30,14 @@ def report(name: str, value: float, unit: str, target: str, reference: str) -> N
 
 
 class Agent:
-    def __init__(self, directory: str) -> None:
+    def __init__(self, directory: str, extra: list[str] | None = None) -> None:
         self.dir = directory
         self.vsock = os.path.join(directory, "vsock")
         self.listener = host_listen(self.vsock, BRIDGE_PORT)
         t0 = time.perf_counter()
         self.proc = subprocess.Popen(
             agent_command(["--local", "--exit-with-parent", "--transport", f"hybrid:{self.vsock}",
-                           "-loglevel", "warning"]),
+                           "-loglevel", "warning", *(extra or [])]),
             env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
             stderr=open(os.path.join(directory, "gcs.log"), "ab"))
         conn, _ = self.listener.accept()
@@ -135,6 +135,59 @@ def bench_stdout(agent: Agent, mib: int = 2048) -> None:
     report(f"stdout relay throughput ({mib} MiB, one run)", total / elapsed / 1e6, "MB/s", ">= 1000 MB/s", "-")
 
 
+def bench_storage(tmp: str, layers: int = 10, rounds: int = 30) -> None:
+    """pmem layer mount and a 10-layer overlay, on loop devices over real ext4 images."""
+    from gcs.host.images import make_layer_image
+
+    root = os.path.join(tmp, "storage")
+    dev = os.path.join(root, "devroot", "dev")
+    os.makedirs(dev)
+    loops: list[str] = []
+    try:
+        for i in range(layers):
+            src = os.path.join(root, f"l{i}")
+            os.makedirs(os.path.join(src, "etc"))
+            with open(os.path.join(src, "etc", f"layer{i}"), "w") as f:
+                f.write(str(i))
+            image = os.path.join(root, f"l{i}.img")
+            make_layer_image(src, image)
+            loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
+                                  text=True).stdout.strip()
+            loops.append(loop)
+            os.symlink(loop, os.path.join(dev, f"pmem{i}"))
+        os.makedirs(os.path.join(root, "uvm"))
+        agent = Agent(os.path.join(root, "uvm"), ["--dev-root", os.path.join(root, "devroot")])
+        call = agent.bridge.call
+
+        def modify(kind: str, request: str, settings: dict) -> float:
+            t0 = time.perf_counter()
+            call(RequestId.MODIFY_SETTINGS, Request={"RequestType": request, "ResourceType": kind, "Settings": settings})
+            return time.perf_counter() - t0
+
+        try:
+            mount_s, umount_s = [], []
+            for _ in range(rounds):
+                mount_s.append(modify("VPMemDevice", "Add", {"DeviceNumber": 0, "MountPath": "/run/layers/p0"}))
+                umount_s.append(modify("VPMemDevice", "Remove", {"DeviceNumber": 0, "MountPath": "/run/layers/p0"}))
+            report("VPMemDevice Add (mount one pmem layer)", median_ms(mount_s), "ms", "<= 5 ms", "-")
+            report("VPMemDevice Remove", median_ms(umount_s), "ms", "-", "-")
+            for i in range(layers):
+                modify("VPMemDevice", "Add", {"DeviceNumber": i, "MountPath": f"/run/layers/p{i}"})
+            spec = {"ContainerRootPath": "/run/gcs/c/b/rootfs", "ScratchPath": "/run/gcs/c/b/scratch",
+                    "Layers": [{"Path": f"/run/layers/p{i}"} for i in range(layers)]}
+            add_s, remove_s = [], []
+            for _ in range(rounds):
+                add_s.append(modify("CombinedLayers", "Add", spec))
+                remove_s.append(modify("CombinedLayers", "Remove", {"ContainerRootPath": "/run/gcs/c/b/rootfs"}))
+            report(f"CombinedLayers Add ({layers} layers + scratch)", median_ms(add_s), "ms", "-", "0.61 ms")
+            report("CombinedLayers Remove", median_ms(remove_s), "ms", "-", "0.53 ms")
+        finally:
+            agent.stop()
+    finally:
+        for loop in loops:
+            subprocess.run(["losetup", "-d", loop], capture_output=True)
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
@@ -152,6 +205,7 @@ def main() -> int:
             bench_stdout(agent)
         finally:
             agent.stop()
+        bench_storage(tmp)
     width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
              for i in range(4)]
     header = ("measure", "pygcs", "target", "Go GCS (reference)")

@@ -110,3 +110,25 @@ def _read_rest(fd, timeout=10):
 def test_commands_fail_clearly_without_an_agent(tmp_path):
     r = gcsctl(str(tmp_path / "none"), "ps")
     assert r.returncode != 0 and b"no UVM" in r.stderr
+
+
+def test_image_commands_build_mountable_ext4(tmp_path):
+    import tarfile
+    src = tmp_path / "src"
+    (src / "etc").mkdir(parents=True)
+    (src / "etc" / "hello").write_text("hi\n")
+    tar_path = tmp_path / "layer.tar"
+    with tarfile.open(tar_path, "w") as tar:
+        tar.add(src, arcname=".")
+    for source in (str(src), str(tar_path)):
+        out = tmp_path / "layer.img"
+        r = gcsctl(str(tmp_path), "image", "layer", str(out), source)
+        assert r.returncode == 0, r.stderr
+        dump = subprocess.run(["debugfs", "-R", "cat /etc/hello", str(out)], capture_output=True, text=True)
+        assert dump.stdout == "hi\n"
+        features = subprocess.run(["dumpe2fs", "-h", str(out)], capture_output=True, text=True).stdout
+        assert "Block size:               4096" in features
+        assert "has_journal" not in features and "inline_data" not in features
+    r = gcsctl(str(tmp_path), "image", "scratch", str(tmp_path / "s.img"), "--size", "32M")
+    assert r.returncode == 0 and os.path.getsize(tmp_path / "s.img") == 32 << 20
+    assert subprocess.run(["e2fsck", "-n", str(tmp_path / "s.img")], capture_output=True).returncode == 0

@@ -290,6 +290,25 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_image(args: argparse.Namespace) -> int:
+    from gcs.host.images import make_layer_image, make_scratch_image
+    if args.kind == "layer":
+        if not args.source:
+            raise SystemExit("gcsctl image layer: give the source directory or tar file")
+        size = make_layer_image(args.source, args.output, args.size)
+        print(f"{args.output}: ext4 layer image, {size} bytes (vPMEM or read-only SCSI)")
+    else:
+        make_scratch_image(args.output, args.size or (1 << 30))
+        print(f"{args.output}: ext4 scratch image, {os.path.getsize(args.output)} bytes")
+    return 0
+
+
+def _size(text: str) -> int:
+    units = {"k": 1 << 10, "m": 1 << 20, "g": 1 << 30}
+    text = text.strip().lower()
+    return int(float(text[:-1]) * units[text[-1]]) if text[-1:] in units else int(text)
+
+
 def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gcsctl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--uvm", default=DEFAULT_UVM, help=f"UVM directory (default {DEFAULT_UVM})")
@@ -313,6 +332,12 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_shutdown)
     sub.add_parser("demo", help="start an agent, exec, ps, signal, shut down").set_defaults(fn=cmd_demo)
+    p = sub.add_parser("image", help="build a layer image (from a directory or tar) or a scratch disk")
+    p.add_argument("kind", choices=["layer", "scratch"])
+    p.add_argument("output")
+    p.add_argument("source", nargs="?", help="layer: directory or tar file")
+    p.add_argument("--size", type=_size, help="image size (e.g. 64M); layers default to what the files need")
+    p.set_defaults(fn=cmd_image)
     args = parser.parse_args(argv)
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
