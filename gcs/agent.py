@@ -16,7 +16,8 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable
 
-    from gcs.protocol.messages import (ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
+    from gcs.containers.manager import Containers
+    from gcs.protocol.messages import (CreateRequest, ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
                                        Request, ResizeConsoleRequest, SignalProcessRequest,
                                        WaitForProcessRequest)
     from gcs.protocol.session import IncomingRequest
@@ -35,12 +36,15 @@ HOST_RESOURCE_TYPES = {
 
 class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
-                 dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0) -> None:
+                 dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0,
+                 notify: Callable[[dict], None] | None = None) -> None:
         self.transport = transport
         self.reaper = reaper
         self._processes: UvmProcessTable | None = None
         self._storage: Storage | None = None
         self._device_args = (dev_root, sys_root, device_wait)
+        self._containers: Containers | None = None
+        self.notify = notify or (lambda note: None)
         self.on_shutdown = on_shutdown
         self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
             RequestId.CREATE: self.create,
@@ -74,8 +78,19 @@ class Agent:
             self._storage = Storage(DeviceResolver(*self._device_args), self.transport, self.reaper)
         return self._storage
 
+    @property
+    def containers(self) -> Containers:
+        if self._containers is None:
+            from gcs.containers.manager import Containers
+            from gcs.containers.native.runtime import NativeRuntime
+            self._containers = Containers(NativeRuntime(self.reaper), self.reaper, self.transport,
+                                          lambda note: self.notify(note), lambda: self._storage)
+        return self._containers
+
     def teardown(self) -> None:
         """At shutdown: end the processes, then unmount everything the agent mounted."""
+        if self._containers is not None:
+            self._containers.kill_all()
         if self._processes is not None:
             self._processes.kill_all()
         if self._storage is not None:
@@ -99,6 +114,7 @@ class Agent:
         return {
             "uvm_processes": len(self._processes or ()),
             **(self._storage.state() if self._storage is not None else {"storage_mounts": 0, "overlays": 0}),
+            **(self._containers.state() if self._containers is not None else {"containers": 0, "container_execs": 0}),
             "reaper_watches": self.reaper.watched,
             "orphans_reaped": self.reaper.orphans_reaped,
             "tasks": len(loop.tasks),
@@ -115,18 +131,20 @@ class Agent:
         return hr.GcsError(hr.SYSTEM_NOT_FOUND, f"container {req.container_id!r} not found")
 
     # --- handlers ---------------------------------------------------------------------
-    async def create(self, req: Request) -> dict[str, Any]:
+    async def create(self, req: CreateRequest) -> dict[str, Any]:
         if self._is_uvm(req):
             raise hr.GcsError(hr.INVALID_JSON, "the UVM itself cannot be created (SchemaVersion missing)")
-        raise hr.GcsError(hr.E_NOTIMPL, "creating containers is not supported by this agent build")
+        await self.containers.create(req.container_id, req.activity_id, req.container_config)
+        return response(req.activity_id, SelectedProtocolVersion=0)
 
     async def start(self, req: Request) -> dict[str, Any]:
         return response(req.activity_id)  # upstream: a no-op; the init ExecuteProcess starts it
 
     async def shutdown(self, req: Request) -> dict[str, Any]:
-        if not self._is_uvm(req):
-            raise self._no_container(req)
         kind = self._shutdown_kind or "graceful"
+        if not self._is_uvm(req):
+            self.containers.shutdown(req.container_id, forced=kind == "forced")
+            return response(req.activity_id)
         log.info("UVM shutdown requested", kind=kind)
         aio.get_loop().call_soon(self.on_shutdown, kind)
         return response(req.activity_id)
@@ -135,34 +153,41 @@ class Agent:
         if self._is_uvm(req) or req.params.create_in_uvm:
             pid = await self.processes.execute(req)
             return response(req.activity_id, ProcessId=pid)
-        raise self._no_container(req)
+        pid = await self.containers.execute(req)
+        return response(req.activity_id, ProcessId=pid)
 
     async def wait_for_process(self, req: WaitForProcessRequest) -> dict[str, Any]:
         if self._is_uvm(req):
             code = await self.processes.wait(req.process_id, req.timeout_ms)
-            return response(req.activity_id, ExitCode=code)
-        raise self._no_container(req)
+        else:
+            code = await self.containers.wait(req.container_id, req.process_id, req.timeout_ms)
+        return response(req.activity_id, ExitCode=code)
 
     async def signal_process(self, req: SignalProcessRequest) -> dict[str, Any]:
         if self._is_uvm(req):
             self.processes.signal(req.process_id, req.signal)
-            return response(req.activity_id)
-        raise self._no_container(req)
+        else:
+            self.containers.signal(req.container_id, req.process_id, req.signal)
+        return response(req.activity_id)
 
     async def resize_console(self, req: ResizeConsoleRequest) -> dict[str, Any]:
         if self._is_uvm(req):
             self.processes.resize(req.process_id, req.height, req.width)
-            return response(req.activity_id)
-        raise self._no_container(req)
+        else:
+            self.containers.resize(req.container_id, req.process_id, req.height, req.width)
+        return response(req.activity_id)
 
     async def get_properties(self, req: GetPropertiesRequest) -> dict[str, Any]:
         if self._is_uvm(req):
             raise hr.GcsError(hr.E_FAIL, "GetProperties is not supported against the UVM")
-        raise self._no_container(req)
+        return response(req.activity_id, Properties=self.containers.properties(req.container_id, req.property_types))
 
     async def modify_settings(self, req: ModifySettingsRequest) -> dict[str, Any]:
         if not self._is_uvm(req):
-            raise self._no_container(req)
+            self.containers.lookup(req.container_id)
+            if req.resource_type != "ContainerConstraints":
+                raise hr.GcsError(hr.E_FAIL, f"ResourceType {req.resource_type!r} is not supported for containers")
+            raise hr.GcsError(hr.E_NOTIMPL, "ContainerConstraints need cgroups, not in this agent build yet")
         if req.resource_type not in HOST_RESOURCE_TYPES:
             raise hr.GcsError(hr.E_FAIL, f"invalid ResourceType {req.resource_type!r}")
         if req.request_type not in ("Add", "Remove", "Update", "PreAdd"):
@@ -177,4 +202,5 @@ class Agent:
         return response(req.activity_id, GuestStacks=dump_stacks(self.state()))
 
     async def delete_container_state(self, req: Request) -> dict[str, Any]:
-        raise self._no_container(req)
+        await self.containers.delete(req.container_id)
+        return response(req.activity_id)

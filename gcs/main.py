@@ -77,7 +77,8 @@ def main(argv: list[str] | None = None) -> None:
         shutdown_kind.append(kind)
         bridge.stop_after_flush()
 
-    agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait)
+    agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait,
+                  notify=lambda note: bridge.notify(note))
 
     if opts.bridge_stdio:
         used = [False]

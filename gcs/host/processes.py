@@ -81,14 +81,19 @@ class GuestProcess:
 
 
 def _drain(sock: socket.socket, sink: list[bytes]) -> None:
+    """Read to EOF, then close our side, as hcsshim's host does (the guest waits for it)."""
     while True:
         try:
             chunk = sock.recv(1 << 20)
         except OSError:
             return
         if not chunk:
-            return
+            break
         sink.append(chunk)
+    try:
+        sock.shutdown(socket.SHUT_RDWR)
+    except OSError:
+        pass
 
 
 class ProcessClient:
@@ -109,11 +114,13 @@ class ProcessClient:
     def exec(self, argv: list[str], *, env: Optional[dict[str, str]] = None, cwd: str = "/",
              stdin: bool = False, stdout: bool = False, stderr: bool = False, tty: bool = False,
              container_id: str = NULL_CONTAINER_ID, oci_process: Optional[dict[str, Any]] = None,
-             command_line: Optional[str] = None) -> GuestProcess:
+             command_line: Optional[str] = None, init_process: bool = False) -> GuestProcess:
+        """A UVM process, an exec in a container (oci_process), or a container's init
+        (init_process: no parameters but the pipes, as the host sends it)."""
         params: dict[str, Any] = {}
         if oci_process is not None:
             params["OciProcess"] = oci_process
-        else:
+        elif not init_process:
             if command_line is not None:
                 params["CommandLine"] = command_line
             else:

@@ -28,15 +28,25 @@ def exit_code(status: int) -> int:
 
 
 class Reaper:
+    # Statuses of children nobody watched yet, kept briefly: a container process is
+    # re-parented to the agent, and may exit, before the agent has learnt its pid.
+    UNCLAIMED_LIMIT = 1024
+
     def __init__(self, loop: aio.Loop) -> None:
         self._watches: dict[int, aio.Future] = {}
+        self._unclaimed: dict[int, int] = {}
         self.orphans_reaped = 0
         loop.add_signal_handler(signal.SIGCHLD, lambda _sig: self.reap())
 
     def watch(self, pid: int) -> aio.Future:
         fut = self._watches.get(pid)
         if fut is None:
-            fut = self._watches[pid] = aio.Future()
+            fut = aio.Future()
+            status = self._unclaimed.pop(pid, None)
+            if status is not None:
+                fut.set_result(status)
+            else:
+                self._watches[pid] = fut
         return fut
 
     @property
@@ -56,4 +66,7 @@ class Reaper:
                 fut.set_result(status)
             else:
                 self.orphans_reaped += 1
+                if len(self._unclaimed) >= self.UNCLAIMED_LIMIT:
+                    self._unclaimed.pop(next(iter(self._unclaimed)))
+                self._unclaimed[pid] = status
                 log.debug("reaped orphan", pid=pid, exit_code=exit_code(status))

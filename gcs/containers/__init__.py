@@ -1,0 +1,1 @@
+"""Containers: OCI spec handling, the native runtime, container and process state."""

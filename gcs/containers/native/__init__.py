@@ -1,0 +1,1 @@
+"""The native runtime: creates container processes itself (fork, namespaces, pivot_root)."""

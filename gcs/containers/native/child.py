@@ -1,0 +1,388 @@
+"""What runs in the processes the native runtime forks: it turns a copy of the agent into a
+container process (namespaces, rootfs, mounts, devices, pivot_root, hostname, limits,
+identity, capabilities) and execs the container's program.
+
+Nothing here may return into the agent's code: every path ends in exec or os._exit.
+Failures are reported to the agent as one JSON line on the error pipe.
+"""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import resource
+import signal
+import socket
+import stat
+
+from gcs import linux
+from gcs.containers import ocispec as oci
+
+MNT_DETACH = 2
+TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430  # unlockpt / ptsname (not in Python's termios)
+DEFAULT_DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+DEV_SYMLINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
+                ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
+
+
+class ChildError(Exception):
+    pass
+
+
+def _fail(err_w: int, message: str, code: int = 1) -> None:
+    try:
+        os.write(err_w, (json.dumps({"error": message}) + "\n").encode())
+    finally:
+        os._exit(code)
+
+
+def _reset_signals() -> None:
+    signal.set_wakeup_fd(-1)
+    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE,
+                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
+        signal.signal(signum, signal.SIG_DFL)
+    signal.pthread_sigmask(signal.SIG_SETMASK, [])
+
+
+def _enter_namespaces(namespaces: list[tuple[str, str | None]]) -> None:
+    joined = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in namespaces if path]
+    # The mount namespace last: after it, /proc paths would name the container's view.
+    joined.sort(key=lambda item: item[0] == "mount")
+    for kind, fd in joined:
+        try:
+            linux.setns(fd, oci.NAMESPACE_FLAGS[kind])
+        except OSError as err:
+            raise ChildError(f"join {kind} namespace: {err.strerror}") from None
+        os.close(fd)
+    flags = 0
+    for kind, path in namespaces:
+        if not path:
+            flags |= oci.NAMESPACE_FLAGS[kind]
+    if flags:
+        linux.unshare(flags)
+
+
+def _fork_into_pid_namespace(pid_w: int) -> None:
+    """Fork once more so the child lands in the new/joined pid namespace; the parent
+    reports the child's pid (in the agent's namespace) and exits."""
+    pid = os.fork()
+    if pid:
+        os.write(pid_w, f"{pid}\n".encode())
+        os._exit(0)
+    os.close(pid_w)
+
+
+# --- rootfs ------------------------------------------------------------------------------------
+def secure_join(root: str, unsafe: str) -> str:
+    """root + unsafe with every symlink resolved as if root were '/' (no escape)."""
+    parts = [p for p in unsafe.split("/") if p and p != "."]
+    resolved: list[str] = []
+    links = 0
+    while parts:
+        part = parts.pop(0)
+        if part == "..":
+            if resolved:
+                resolved.pop()
+            continue
+        candidate = os.path.join(root, *resolved, part)
+        try:
+            st = os.lstat(candidate)
+        except FileNotFoundError:
+            resolved.append(part)
+            continue
+        if stat.S_ISLNK(st.st_mode):
+            links += 1
+            if links > 255:
+                raise ChildError(f"too many symlinks resolving {unsafe}")
+            target = os.readlink(candidate)
+            if target.startswith("/"):
+                resolved = []
+            parts = [p for p in target.split("/") if p and p != "."] + parts
+            continue
+        resolved.append(part)
+    return os.path.join(root, *resolved)
+
+
+def _make_target(path: str, is_dir: bool) -> None:
+    if is_dir:
+        os.makedirs(path, exist_ok=True)
+    elif not os.path.exists(path):
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        os.close(os.open(path, os.O_CREAT | os.O_WRONLY | os.O_CLOEXEC, 0o755))
+
+
+def _mount(source: str | None, target: str, fstype: str | None, flags: int, data: str | None) -> None:
+    try:
+        linux.mount(source, target, fstype, flags, data or None)
+    except OSError as err:
+        raise ChildError(f"mount {fstype or 'bind'} {source or ''} on {target}: {os.strerror(err.errno)}") from None
+
+
+def _mount_entry(rootfs: str, m: dict) -> None:
+    dest = secure_join(rootfs, m["destination"])
+    kind = m.get("type") or ""
+    options = m.get("options") or []
+    flags, propagation, data = oci.parse_mount_options(options)
+    source = m.get("source") or kind
+    if kind == "bind" or flags & oci.MS_BIND:
+        if not os.path.exists(source):
+            raise ChildError(f"bind mount source {source} does not exist")
+        _make_target(dest, os.path.isdir(source))
+        _mount(source, dest, None, oci.MS_BIND | (flags & oci.MS_REC), None)
+        extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
+        if extra:
+            _mount(None, dest, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
+    else:
+        _make_target(dest, True)
+        if kind == "cgroup":
+            kind, source = "cgroup2", "cgroup2"  # the UVM's cgroups are v2; the container sees its namespace
+        _mount(source, dest, kind, flags, data)
+    for prop in propagation:
+        _mount(None, dest, None, prop, None)
+
+
+def _setup_dev(rootfs: str, devices: list[dict]) -> None:
+    dev = os.path.join(rootfs, "dev")
+    for name, major, minor in DEFAULT_DEVICES:
+        _mknod(os.path.join(dev, name), stat.S_IFCHR | 0o666, major, minor, 0, 0)
+    for d in devices:
+        kind = {"c": stat.S_IFCHR, "u": stat.S_IFCHR, "b": stat.S_IFBLK, "p": stat.S_IFIFO}.get(d.get("type"))
+        if kind is None:
+            raise ChildError(f"device {d.get('path')}: unknown type {d.get('type')!r}")
+        path = secure_join(rootfs, d["path"])
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        _mknod(path, kind | (d.get("fileMode") or 0o666), d.get("major", 0), d.get("minor", 0),
+               d.get("uid", 0), d.get("gid", 0))
+    for name, target in DEV_SYMLINKS:
+        link = os.path.join(dev, name)
+        if not os.path.lexists(link):
+            os.symlink(target, link)
+
+
+def _mknod(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass
+    os.mknod(path, mode, os.makedev(major, minor))
+    os.chmod(path, mode & 0o7777)
+    os.chown(path, uid, gid)
+
+
+def _pivot_root(rootfs: str) -> None:
+    os.chdir(rootfs)
+    linux.pivot_root(".", ".")
+    _mount(None, ".", None, oci.MS_SLAVE | oci.MS_REC, None)  # keep the unmount below private
+    linux.umount(".", MNT_DETACH)
+    os.chdir("/")
+
+
+def _mask(path: str) -> None:
+    try:
+        if os.path.isdir(path):
+            linux.mount("tmpfs", path, "tmpfs", oci.MS_RDONLY, None)
+        else:
+            linux.mount("/dev/null", path, None, oci.MS_BIND, None)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise ChildError(f"mask {path}: {os.strerror(err.errno)}") from None
+
+
+def _read_only(path: str) -> None:
+    try:
+        linux.mount(path, path, None, oci.MS_BIND | oci.MS_REC, None)
+        linux.mount(None, path, None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY | oci.MS_NOSUID
+                    | oci.MS_NODEV | oci.MS_NOEXEC, None)
+    except OSError as err:
+        if err.errno != errno.ENOENT:
+            raise ChildError(f"make {path} read-only: {os.strerror(err.errno)}") from None
+
+
+def _setup_rootfs(plan: dict) -> None:
+    rootfs = plan["rootfs"]
+    propagation = oci.PROPAGATION_FLAGS.get(plan.get("rootfsPropagation") or "", oci.MS_SLAVE | oci.MS_REC)
+    _mount(None, "/", None, propagation | oci.MS_REC, None)
+    _mount(rootfs, rootfs, None, oci.MS_BIND | oci.MS_REC, None)
+    dev_is_tmpfs = False
+    for m in plan["mounts"]:
+        _mount_entry(rootfs, m)
+        if m.get("destination", "").rstrip("/") == "/dev" and m.get("type") == "tmpfs":
+            dev_is_tmpfs = True
+    if dev_is_tmpfs:
+        _setup_dev(rootfs, plan.get("devices") or [])
+    _pivot_root(rootfs)
+    for path in plan.get("maskedPaths") or []:
+        _mask(path)
+    for path in plan.get("readonlyPaths") or []:
+        _read_only(path)
+    if plan.get("readonlyRoot"):
+        _mount(None, "/", None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY, None)
+
+
+def _apply_sysctl(sysctl: dict) -> None:
+    for key, value in sysctl.items():
+        path = "/proc/sys/" + key.replace(".", "/")
+        try:
+            with open(path, "w") as f:
+                f.write(str(value))
+        except OSError as err:
+            raise ChildError(f"sysctl {key}: {err.strerror}") from None
+
+
+# --- stdio and the process itself ----------------------------------------------------------
+def _setup_stdio(stdio: dict, console: bool = False) -> None:
+    sock_fd = stdio.get("console_socket")
+    if sock_fd is not None:
+        _setup_terminal(sock_fd, console)
+        return
+    null = None
+    for target, fd in enumerate((stdio.get("stdin"), stdio.get("stdout"), stdio.get("stderr"))):
+        if fd is None:
+            if null is None:
+                null = os.open("/dev/null", os.O_RDWR)
+            fd = null
+        os.dup2(fd, target)
+    if null is not None and null > 2:
+        os.close(null)
+
+
+def _setup_terminal(sock_fd: int, console: bool) -> None:
+    """A pty from the container's own devpts; the master goes to the agent over the
+    console socket (as runc's --console-socket does), the slave becomes our ctty."""
+    import array
+    import fcntl
+    import termios
+
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    fcntl.ioctl(master, TIOCSPTLCK, array.array("i", [0]))
+    number = array.array("I", [0])
+    fcntl.ioctl(master, TIOCGPTN, number)
+    slave_path = f"/dev/pts/{number[0]}"
+    sock = socket.socket(fileno=sock_fd)
+    socket.send_fds(sock, [b"pty"], [master])
+    sock.close()
+    os.close(master)
+    fd = os.open(slave_path, os.O_RDWR)
+    fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
+    if console and os.path.isdir("/dev"):
+        _make_target("/dev/console", False)
+        _mount(slave_path, "/dev/console", None, oci.MS_BIND, None)
+    for target in (0, 1, 2):
+        os.dup2(fd, target)
+    if fd > 2:
+        os.close(fd)
+
+
+def _lookup(program: str, env: dict[str, str]) -> str:
+    if "/" in program:
+        return program
+    for directory in (env.get("PATH") or "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin").split(":"):
+        candidate = os.path.join(directory or ".", program)
+        if os.path.isfile(candidate) and os.access(candidate, os.X_OK):
+            return candidate
+    raise ChildError(f"exec: {program!r}: executable file not found in $PATH")
+
+
+def _finish_and_exec(proc: dict, err_w: int) -> None:
+    """Limits, identity, capabilities, then exec. Never returns."""
+    import prctl
+
+    if proc.get("oomScoreAdj") is not None:
+        with open("/proc/self/oom_score_adj", "w") as f:
+            f.write(str(proc["oomScoreAdj"]))
+    for rl in proc.get("rlimits") or []:
+        resource.setrlimit(oci.RLIMITS[rl["type"]], (rl["soft"], rl["hard"]))
+    user = proc.get("user") or {}
+    uid, gid = user.get("uid", 0), user.get("gid", 0)
+    caps = proc.get("capabilities")
+    known = list(range(min(prctl.CAP_LAST_CAP, _kernel_last_cap()) + 1))
+    if caps is not None:
+        bounding = {oci.CAP_NUMBERS[c] for c in caps.get("bounding") or []}
+        for cap in known:
+            if cap not in bounding:
+                prctl.capbset_drop(cap)
+    prctl.set_keepcaps(True)
+    os.setgroups(list(user.get("additionalGids") or []))
+    os.setresgid(gid, gid, gid)
+    os.setresuid(uid, uid, uid)
+    if user.get("umask") is not None:
+        os.umask(user["umask"])
+    if caps is not None:
+        sets = []
+        for name, flag in (("permitted", prctl.CAP_PERMITTED), ("effective", prctl.CAP_EFFECTIVE),
+                           ("inheritable", prctl.CAP_INHERITABLE)):
+            wanted = {oci.CAP_NUMBERS[c] for c in caps.get(name) or []}
+            sets.append(([c for c in known if c in wanted], flag, True))
+            sets.append(([c for c in known if c not in wanted], flag, False))
+        prctl.set_caps(*sets)
+        linux.ambient_caps(sorted(oci.CAP_NUMBERS[c] for c in caps.get("ambient") or []))
+    prctl.set_keepcaps(False)
+    if proc.get("noNewPrivileges"):
+        prctl.set_no_new_privs(True)
+    cwd = proc.get("cwd") or "/"
+    try:
+        os.chdir(cwd)
+    except OSError as err:
+        raise ChildError(f"chdir to cwd {cwd!r}: {err.strerror}") from None
+    env = {}
+    for item in proc.get("env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    args = proc.get("args") or []
+    if not args:
+        raise ChildError("process has no args")
+    path = _lookup(args[0], env)
+    try:
+        os.execve(path, args, env)
+    except OSError as err:
+        _fail(err_w, f"exec {args[0]!r}: {err.strerror}", 127)
+
+
+def _kernel_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return len(oci.CAPABILITIES) - 1
+
+
+def init_main(plan: dict, pid_w: int, err_w: int, start_r: int) -> None:
+    """Container init: set everything up, report ready, wait for start, exec."""
+    try:
+        _reset_signals()
+        _enter_namespaces(plan["namespaces"])
+        _fork_into_pid_namespace(pid_w)
+        os.setsid()
+        if any(kind == "mount" for kind, _ in plan["namespaces"]):
+            _setup_rootfs(plan)
+        if plan.get("hostname") and any(k == "uts" and not p for k, p in plan["namespaces"]):
+            socket.sethostname(plan["hostname"])
+        _apply_sysctl(plan.get("sysctl") or {})
+        _setup_stdio(plan["stdio"], console=True)
+        os.write(err_w, b"R")
+        if os.read(start_r, 1) != b"S":
+            os._exit(0)  # never started (deleted, or the agent went away)
+        os.close(start_r)
+        _finish_and_exec(plan["process"], err_w)
+    except ChildError as err:
+        _fail(err_w, str(err))
+    except BaseException as err:  # noqa: BLE001
+        _fail(err_w, f"{type(err).__name__}: {err}")
+    os._exit(1)
+
+
+def exec_main(plan: dict, pid_w: int, err_w: int) -> None:
+    """A process in a running container: join its namespaces, then exec."""
+    try:
+        _reset_signals()
+        _enter_namespaces(plan["namespaces"])
+        _fork_into_pid_namespace(pid_w)
+        os.setsid()
+        os.chdir("/")
+        _setup_stdio(plan["stdio"])
+        _finish_and_exec(plan["process"], err_w)
+    except ChildError as err:
+        _fail(err_w, str(err))
+    except BaseException as err:  # noqa: BLE001
+        _fail(err_w, f"{type(err).__name__}: {err}")
+    os._exit(1)

@@ -1,0 +1,162 @@
+"""Containers created by the native runtime from pmem-layer overlays, over the bridge of a
+real local-mode agent."""
+import os
+import signal
+import time
+
+import pytest
+
+from gcs.host.bridge_client import RpcError
+from gcs.host.images import make_layer_image
+from gcs.host.launcher import LocalUvm
+from gcs.protocol import hresult as hr
+from gcs.protocol.ids import RequestId
+
+from conftest import requires_root
+from containers_env import Host, busybox_rootfs, default_spec
+from storage_env import DeviceTree, Loops, host_mountinfo
+
+pytestmark = requires_root
+
+
+@pytest.fixture(scope="module")
+def layer_image(tmp_path_factory):
+    root = tmp_path_factory.mktemp("bb")
+    busybox_rootfs(str(root / "rootfs"))
+    image = str(root / "busybox.img")
+    make_layer_image(str(root / "rootfs"), image)
+    return image
+
+
+@pytest.fixture
+def host(tmp_path, layer_image):
+    loops = Loops()
+    tree = DeviceTree(str(tmp_path), loops)
+    tree.add_pmem(0, layer_image)
+    uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args()).start()
+    h = Host(uvm)
+    h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
+    try:
+        yield h
+    finally:
+        violations = list(uvm.bridge.violations)
+        agent = uvm.agent_pid
+        uvm.stop()
+        loops.detach_all()
+        assert violations == []
+        assert not os.path.exists(f"/proc/{agent}")
+        assert "/run/gcs" not in host_mountinfo()
+
+
+def run_container(host, cid, args, **process):
+    root = host.layers(cid, ["/run/layers/p0"])
+    host.create(cid, default_spec(args, root, **process))
+    proc = host.start(cid)
+    out, err, code = proc.communicate()
+    note = host.notification()
+    return out.decode(), err.decode(), code, note
+
+
+def test_container_runs_and_exits_with_notification(host):
+    out, err, code, note = run_container(host, "c1", ["sh", "-c", "echo $$; hostname; cat /data/hello; exit 3"])
+    assert code == 3, err
+    assert out == "1\nctr\nhello from the layer\n"
+    assert note["ContainerId"] == "c1" and note["Type"] == "UnexpectedExit" and note["Operation"] == "None"
+    host.remove("c1")
+    assert "containers: 0" in host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+
+
+def test_isolation_from_the_agent(host):
+    script = ("echo /proc/[0-9]*; awk '$5 ~ /^\\/run/' /proc/self/mountinfo | wc -l; "
+              "cat /proc/self/status | grep CapEff; echo > /proc/sys/kernel/hostname 2>&1 && echo wrote || echo ro;"
+              "mount -o remount,rw /proc/sys >/dev/null 2>&1 && echo remounted || echo denied")
+    out, err, code, _ = run_container(host, "iso", ["sh", "-c", script])
+    lines = out.split("\n")
+    assert lines[0] == "/proc/1"            # only itself: nothing of the agent's
+    assert lines[1] == "0"                  # the agent's mounts are invisible
+    assert lines[2] == "CapEff:\t0000000020000420"  # KILL(5), NET_BIND_SERVICE(10), AUDIT_WRITE(29) only
+    assert lines[3] == "ro" and lines[4] == "denied"
+
+
+def test_exec_into_running_container(host):
+    root = host.layers("c2", ["/run/layers/p0"])
+    host.create("c2", default_spec(["sleep", "30"], root))
+    init = host.start("c2", stdout=False, stderr=False)
+    p = host.exec("c2", ["sh", "-c", "echo $$ $(cat /proc/1/cmdline | tr '\\0' ' '); id -u; pwd"], cwd="/tmp",
+                  user={"uid": 1000, "gid": 1000})
+    out, err, code = p.communicate()
+    out = out.decode()
+    assert code == 0, err
+    pid_in_ns, *cmd = out.split("\n")[0].split()
+    assert int(pid_in_ns) > 1 and cmd == ["sleep", "30"]
+    assert out.split("\n")[1:3] == ["1000", "/tmp"]
+    # exec with a pty, signals, waits
+    t = host.exec("c2", ["sh", "-c", "tty; stty size"], stdin=True, stderr=False, terminal=True)
+    t.resize(24, 77)
+    out, _, code = t.communicate()
+    assert code == 0 and "/dev/pts/" in out.decode() and "24 77" in out.decode()
+    init.signal(signal.SIGKILL)
+    assert init.wait() == 137
+    assert host.notification()["Type"] == "ForcedExit"
+    with pytest.raises(RpcError) as info:
+        host.exec("c2", ["true"])
+    assert info.value.hresult == hr.SYSTEM_ALREADY_STOPPED
+    host.remove("c2")
+
+
+def test_shutdown_graceful_and_process_list(host):
+    root = host.layers("c3", ["/run/layers/p0"])
+    host.create("c3", default_spec(["sh", "-c", "trap 'exit 0' TERM; sleep 30 & wait"], root))
+    init = host.start("c3", stdout=False, stderr=False)
+    time.sleep(0.3)
+    props = host.bridge.call(RequestId.GET_PROPERTIES, container_id="c3", Query='{"PropertyTypes":["ProcessList"]}')
+    import json
+    pids = [p["ProcessId"] for p in json.loads(props["Properties"])["ProcessList"]]
+    assert init.pid in pids and len(pids) == 2
+    host.bridge.call(RequestId.SHUTDOWN_GRACEFUL, container_id="c3")
+    assert init.wait() == 0
+    assert host.notification()["Type"] == "GracefulExit"
+    with pytest.raises(RpcError) as info:
+        host.bridge.call(RequestId.SHUTDOWN_GRACEFUL, container_id="c3")
+    assert info.value.hresult == hr.SYSTEM_ALREADY_STOPPED
+    host.remove("c3")
+
+
+def test_bad_container_input(host):
+    root = host.layers("good", ["/run/layers/p0"])
+    for bad in ("a/b", "..", "", "x" * 200, "-lead", "a b"):
+        with pytest.raises(RpcError) as info:
+            host.create(bad, default_spec(["true"], root))
+        assert info.value.hresult == hr.E_INVALIDARG, bad
+    host.create("good", default_spec(["true"], root))
+    with pytest.raises(RpcError) as info:
+        host.create("good", default_spec(["true"], root))
+    assert info.value.hresult == hr.ALREADY_EXISTS
+    with pytest.raises(RpcError) as info:
+        host.create("nofs", default_spec(["true"], "/run/gcs/c/nofs/rootfs"))
+    assert info.value.hresult == hr.E_FAIL and "rootfs" in str(info.value)
+    with pytest.raises(RpcError) as info:
+        host.bridge.call(RequestId.CREATE, container_id="badjson", ContainerConfig="{not json")
+    assert info.value.hresult == hr.INVALID_JSON
+    spec = default_spec(["true"], root)
+    spec["linux"]["seccomp"] = {"defaultAction": "SCMP_ACT_ALLOW"}
+    with pytest.raises(RpcError) as info:
+        host.create("seccomp", spec)
+    assert info.value.hresult == hr.E_NOTIMPL and "seccomp" in str(info.value)
+    with pytest.raises(RpcError) as info:
+        host.create("nouser", default_spec(["true"], root, user={"uid": 0, "gid": 0, "username": "ghost"}))
+    assert info.value.hresult == hr.E_INVALIDARG and "ghost" in str(info.value)
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    assert "containers: 1" in stacks  # only "good" was created
+
+
+def test_missing_binary_reports_and_cleans_up(host):
+    root = host.layers("nobin", ["/run/layers/p0"])
+    host.create("nobin", default_spec(["/no/such/program"], root))
+    with pytest.raises(RpcError) as info:
+        host.start("nobin")
+    assert info.value.hresult == hr.E_FAIL and "/no/such/program" in str(info.value)
+    assert host.notification()["ContainerId"] == "nobin"
+    host.remove("nobin")
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    assert "containers: 0" in stacks
