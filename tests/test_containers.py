@@ -91,9 +91,9 @@ def test_exec_into_running_container(host):
     assert int(pid_in_ns) > 1 and cmd == ["sleep", "30"]
     assert out.split("\n")[1:3] == ["1000", "/tmp"]
     # exec with a pty, signals, waits
-    t = host.exec("c2", ["sh", "-c", "tty; stty size"], stdin=True, stderr=False, terminal=True)
+    t = host.exec("c2", ["sh", "-c", "read go; tty; stty size"], stdin=True, stderr=False, terminal=True)
     t.resize(24, 77)
-    out, _, code = t.communicate()
+    out, _, code = t.communicate(b"go\n")
     assert code == 0 and "/dev/pts/" in out.decode() and "24 77" in out.decode()
     init.signal(signal.SIGKILL)
     assert init.wait() == 137
