@@ -160,3 +160,35 @@ def test_missing_binary_reports_and_cleans_up(host):
     host.remove("nobin")
     stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "containers: 0" in stacks
+
+
+def test_load_hundred_containers_ten_execs_each(host):
+    count, execs = int(os.environ.get("LOAD_CONTAINERS", 100)), 10
+    inits = []
+    for i in range(count):
+        cid = f"load{i}"
+        root = host.layers(cid, ["/run/layers/p0"])
+        host.create(cid, default_spec(["sleep", "60"], root))
+        inits.append(host.start(cid, stdout=False, stderr=False))
+    for i in range(count):
+        for j in range(execs):
+            p = host.exec(f"load{i}", ["sh", "-c", f"echo {i}-{j}"], stderr=False)
+            out, _, code = p.communicate()
+            assert (out, code) == (f"{i}-{j}\n".encode(), 0)
+    for i in range(count):
+        host.bridge.call(RequestId.SHUTDOWN_FORCED, container_id=f"load{i}")
+    for init in inits:
+        assert init.wait(timeout_ms=10000) == 137
+    seen = {host.notification()["ContainerId"] for _ in range(count)}
+    assert seen == {f"load{i}" for i in range(count)}
+    for i in range(count):
+        host.remove(f"load{i}")
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    for line in ("containers: 0", "container_execs: 0", "overlays: 0", "uvm_processes: 0"):
+        assert line in stacks
+    code = host.uvm.client.run(["sh", "-c", "ls /run/gcs/c | wc -l; grep -c overlay /proc/mounts"])
+    assert code[0].split() == [b"0", b"0"]
+    agent = host.uvm.agent_pid
+    with open(f"/proc/{agent}/task/{agent}/children") as f:
+        assert f.read().split() == []  # no process left behind
+

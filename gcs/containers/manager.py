@@ -249,7 +249,7 @@ class Containers:
                                    for kind in ocispec.NAMESPACE_FILES],
                     "stdio": stdio.plan, "process": process}
             try:
-                pid = await self.runtime.exec(plan, stdio.child_fds)
+                pid, status = await self.runtime.exec(plan, stdio.child_fds)
             finally:
                 stdio.child_fds.clear()
             await stdio.receive_master()
@@ -258,7 +258,7 @@ class Containers:
             if stdio is not None:
                 stdio.close()
             raise
-        proc = ContainerProcess(pid, self.reaper.watch(pid), relay=stdio.relay(conns), master=stdio.master)
+        proc = ContainerProcess(pid, status, relay=stdio.relay(conns), master=stdio.master)
         c.execs[pid] = proc
         aio.spawn(self._finish_process(proc), f"exec-exit-{pid}")
         log.info("exec in container", container=c.id, pid=pid, tty=terminal, **describe_command(process["args"]))
@@ -272,7 +272,7 @@ class Containers:
         relay = stdio.relay(conns)
         handle = c.init_handle
         c.init_handle = c.init_stdio = None
-        proc = ContainerProcess(handle.pid, self.reaper.watch(handle.pid), relay=relay, master=stdio.master)
+        proc = ContainerProcess(handle.pid, handle.status, relay=relay, master=stdio.master)
         c.init = proc
         c.state = RUNNING
         try:
@@ -377,7 +377,7 @@ class Containers:
             pid = c.init_handle.pid
             c.init_handle.close()
             _kill(pid, signal.SIGKILL)
-            await self.reaper.watch(pid)
+            await c.init_handle.status
         if c.init_stdio is not None:
             c.init_stdio.close()
         for proc in [c.init, *c.execs.values()]:

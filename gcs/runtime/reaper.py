@@ -39,6 +39,8 @@ class Reaper:
         loop.add_signal_handler(signal.SIGCHLD, lambda _sig: self.reap())
 
     def watch(self, pid: int) -> aio.Future:
+        """The future for pid's exit status. Call once per process and keep the result: once
+        it resolves, the pid is forgotten (it may be reused)."""
         fut = self._watches.get(pid)
         if fut is None:
             fut = aio.Future()

@@ -16,8 +16,9 @@ from gcs.runtime.reaper import Reaper, exit_code
 
 
 class InitHandle:
-    def __init__(self, pid: int, start_w: int, err_r: int) -> None:
+    def __init__(self, pid: int, start_w: int, err_r: int, status: aio.Future) -> None:
         self.pid = pid
+        self.status = status  # the reaper's future for this pid: keep it, it resolves only once
         self.start_w = start_w
         self.err_r = err_r
 
@@ -99,8 +100,8 @@ class NativeRuntime:
         except BaseException:
             os.close(start_w)
             raise
-        handle = InitHandle(pid, start_w, err_r)
         status = self.reaper.watch(pid)
+        handle = InitHandle(pid, start_w, err_r, status)
         ready = await _read_all(err_r, stop_at=b"R")
         if ready != b"R":
             handle.close()
@@ -123,7 +124,8 @@ class NativeRuntime:
         if data:
             raise hr.GcsError(hr.E_FAIL, f"starting the container process failed: {_error_text(data)}")
 
-    async def exec(self, plan: dict, child_fds: list[int]) -> int:
+    async def exec(self, plan: dict, child_fds: list[int]) -> tuple[int, aio.Future]:
+        """Start a process in a running container; returns its pid and exit-status future."""
         pid, err_r = await self._fork(child.exec_main, plan, child_fds)
         status = self.reaper.watch(pid)
         try:
@@ -134,4 +136,4 @@ class NativeRuntime:
         if data:
             code = exit_code(await status)
             raise hr.GcsError(hr.E_FAIL, f"exec in the container failed (exit {code}): {_error_text(data)}")
-        return pid
+        return pid, status
