@@ -37,13 +37,14 @@ HOST_RESOURCE_TYPES = {
 class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
                  dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0,
-                 notify: Callable[[dict], None] | None = None) -> None:
+                 notify: Callable[[dict], None] | None = None, runtime: str = "native") -> None:
         self.transport = transport
         self.reaper = reaper
         self._processes: UvmProcessTable | None = None
         self._storage: Storage | None = None
         self._device_args = (dev_root, sys_root, device_wait)
         self._containers: Containers | None = None
+        self.runtime_name = runtime
         self.notify = notify or (lambda note: None)
         self.on_shutdown = on_shutdown
         self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
@@ -82,15 +83,20 @@ class Agent:
     def containers(self) -> Containers:
         if self._containers is None:
             from gcs.containers.manager import Containers
-            from gcs.containers.native.runtime import NativeRuntime
-            self._containers = Containers(NativeRuntime(self.reaper), self.reaper, self.transport,
+            if self.runtime_name == "runc":
+                from gcs.containers.runc import RuncRuntime
+                runtime = RuncRuntime(self.reaper)
+            else:
+                from gcs.containers.native.runtime import NativeRuntime
+                runtime = NativeRuntime(self.reaper)
+            self._containers = Containers(runtime, self.reaper, self.transport,
                                           lambda note: self.notify(note), lambda: self._storage)
         return self._containers
 
     def teardown(self) -> None:
         """At shutdown: end the processes, then unmount everything the agent mounted."""
         if self._containers is not None:
-            self._containers.kill_all()
+            self._containers.teardown()
         if self._processes is not None:
             self._processes.kill_all()
         if self._storage is not None:

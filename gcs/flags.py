@@ -29,6 +29,7 @@ class Options:
         self.dev_root = "/"
         self.sys_root = "/"
         self.device_wait = 30.0
+        self.runtime = "native"
 
 
 # flag name -> (Options field, kind)
@@ -50,6 +51,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "dev-root": ("dev_root", "str"),
     "sys-root": ("sys_root", "str"),
     "device-wait": ("device_wait", "float"),
+    "runtime": ("runtime", "str"),
     # Accepted for compatibility with the Go GCS; they change nothing here.
     "kmsgLogLevel": ("", "int"),
     "root-mem-reserve-bytes": ("", "int"),
@@ -64,6 +66,7 @@ USAGE = """usage: python -m gcs [flags]
   --local                                   local mode: own mount+pid namespaces, private /run
   --exit-with-parent                        local mode: end when the process that started us ends
   --dev-root DIR --sys-root DIR             find /dev and /sys entries under DIR (default /)
+  --runtime native|runc                     who creates containers (default: native)
   --device-wait SECONDS                     how long to wait for a hot-added device (default 30)
   -loglevel LEVEL   -log-format json   -logfile PATH   -v4   --poweroff=false
 """
@@ -106,6 +109,8 @@ def parse(argv: list[str]) -> Options:
         raise UsageError("--local refuses --transport vsock: vsock belongs to a VM, not to this machine")
     if not opts.bridge_stdio and not opts.transport:
         raise UsageError(f"choose a transport: --transport vsock or --transport hybrid:PATH\n{USAGE}")
+    if opts.runtime not in ("native", "runc"):
+        raise UsageError(f"unknown runtime {opts.runtime!r} (native or runc)")
     if opts.bridge_stdio and opts.bridge_listen is not None:
         raise UsageError("--bridge-stdio and --bridge-listen exclude each other")
     return opts

@@ -78,7 +78,7 @@ def main(argv: list[str] | None = None) -> None:
         bridge.stop_after_flush()
 
     agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait,
-                  notify=lambda note: bridge.notify(note))
+                  notify=lambda note: bridge.notify(note), runtime=opts.runtime)
 
     if opts.bridge_stdio:
         used = [False]

@@ -28,12 +28,12 @@ def layer_image(tmp_path_factory):
     return image
 
 
-@pytest.fixture
-def host(tmp_path, layer_image):
+@pytest.fixture(params=["native", "runc"])
+def host(request, tmp_path, layer_image):
     loops = Loops()
     tree = DeviceTree(str(tmp_path), loops)
     tree.add_pmem(0, layer_image)
-    uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args()).start()
+    uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", request.param]).start()
     h = Host(uvm)
     h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
     try:
@@ -46,6 +46,8 @@ def host(tmp_path, layer_image):
         assert violations == []
         assert not os.path.exists(f"/proc/{agent}")
         assert "/run/gcs" not in host_mountinfo()
+        assert not [d for d in os.listdir("/sys/fs/cgroup/pids") if d.startswith("pygcs-")] \
+            if os.path.isdir("/sys/fs/cgroup/pids") else True
 
 
 def run_container(host, cid, args, **process):
@@ -152,14 +154,18 @@ def test_bad_container_input(host):
 
 def test_missing_binary_reports_and_cleans_up(host):
     root = host.layers("nobin", ["/run/layers/p0"])
-    host.create("nobin", default_spec(["/no/such/program"], root))
     with pytest.raises(RpcError) as info:
-        host.start("nobin")
+        host.create("nobin", default_spec(["/no/such/program"], root))
     assert info.value.hresult == hr.E_FAIL and "/no/such/program" in str(info.value)
-    assert host.notification()["ContainerId"] == "nobin"
-    host.remove("nobin")
+    with pytest.raises(RpcError) as info:
+        host.create("nobin", default_spec(["no-such-command"], root))
+    assert "no-such-command" in str(info.value)
     stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "containers: 0" in stacks
+    host.create("nobin", default_spec(["true"], root))  # the id is free again
+    assert host.start("nobin").communicate()[2] == 0
+    assert host.notification()["ContainerId"] == "nobin"
+    host.remove("nobin")
 
 
 def test_load_hundred_containers_ten_execs_each(host):

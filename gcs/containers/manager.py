@@ -192,6 +192,8 @@ class Containers:
             soft, _, hard = core.partition(";")
             process.setdefault("rlimits", []).append({"type": "RLIMIT_CORE", "soft": int(soft), "hard": int(hard)})
         spec.pop("windows", None)
+        if hasattr(self.runtime, "adjust_spec"):
+            self.runtime.adjust_spec(spec)
         cwd = process.get("cwd") or "/"
         if cwd != "/":
             os.makedirs(os.path.join(rootfs, cwd.lstrip("/")), exist_ok=True)
@@ -200,6 +202,8 @@ class Containers:
         stdio = ChildStdio(bool(process.get("terminal")), True, True, True)
         c.init_stdio = stdio
         plan = {
+            "id": c.id,
+            "bundle": c.bundle,
             "rootfs": rootfs,
             "readonlyRoot": bool(spec["root"].get("readonly")),
             "rootfsPropagation": linux.get("rootfsPropagation") or "",
@@ -245,7 +249,7 @@ class Containers:
         stdio = None
         try:
             stdio = ChildStdio(terminal, conns.stdin is not None, conns.stdout is not None, conns.stderr is not None)
-            plan = {"namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
+            plan = {"id": c.id, "namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
                                    for kind in ocispec.NAMESPACE_FILES],
                     "stdio": stdio.plan, "process": process}
             try:
@@ -389,6 +393,8 @@ class Containers:
                     await aio.wait_for(proc.done, 10)
                 except aio.TimeoutError_:
                     errors.append(f"process {proc.pid} did not exit")
+        if hasattr(self.runtime, "delete"):
+            await self.runtime.delete(cid)
         try:
             storage = self.storage()
             if storage is not None:
@@ -438,6 +444,11 @@ class Containers:
         else:
             pids = [p.pid for p in [c.init, *c.execs.values()] if p is not None and not p.exited]
         return sorted(pids)
+
+    def teardown(self) -> None:
+        self.kill_all()
+        if hasattr(self.runtime, "teardown"):
+            self.runtime.teardown()
 
     def kill_all(self) -> None:
         for c in self.containers.values():

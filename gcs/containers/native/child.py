@@ -338,6 +338,16 @@ def _finish_and_exec(proc: dict, err_w: int) -> None:
         _fail(err_w, f"exec {args[0]!r}: {err.strerror}", 127)
 
 
+def _check_program(proc: dict) -> None:
+    env = dict(item.partition("=")[::2] for item in proc.get("env") or [])
+    args = proc.get("args") or []
+    if not args:
+        raise ChildError("process has no args")
+    path = _lookup(args[0], env)
+    if not os.path.exists(path):
+        raise ChildError(f"exec: {args[0]!r}: no such file or directory")
+
+
 def _kernel_last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -358,6 +368,7 @@ def init_main(plan: dict, pid_w: int, err_w: int, start_r: int) -> None:
         if plan.get("hostname") and any(k == "uts" and not p for k, p in plan["namespaces"]):
             socket.sethostname(plan["hostname"])
         _apply_sysctl(plan.get("sysctl") or {})
+        _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
         os.write(err_w, b"R")
         if os.read(start_r, 1) != b"S":

@@ -1,0 +1,187 @@
+"""runc as a second runtime (`--runtime runc`): the conformance oracle for the native one.
+
+Same interface as the native runtime. runc's container init inherits the stdio it is
+given; a pty master comes back over --console-socket and is handed on through the same
+socketpair the native runtime uses, so the agent's side is identical for both.
+"""
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import socket
+import tempfile
+
+from gcs import aio
+from gcs.log import log
+from gcs.protocol import hresult as hr
+from gcs.runtime.command import TOOL_PATH
+from gcs.runtime.reaper import Reaper, exit_code
+from gcs.runtime.spawn import SpawnSpec, spawn
+
+
+class RuncHandle:
+    def __init__(self, pid: int, cid: str, status: aio.Future) -> None:
+        self.pid = pid
+        self.cid = cid
+        self.status = status
+
+    def close(self) -> None:
+        pass
+
+
+class RuncRuntime:
+    name = "runc"
+
+    def __init__(self, reaper: Reaper, cgroup_parent: str = "", root: str = "/run/runc") -> None:
+        self.reaper = reaper
+        self.root = root
+        # Where container cgroups go: a dedicated subtree, removed again at shutdown.
+        self.cgroup_parent = cgroup_parent or f"/pygcs-{secrets.token_hex(4)}"
+        self.work = "/run/gcsrunc"
+
+    def adjust_spec(self, spec: dict) -> None:
+        linux = spec.setdefault("linux", {})
+        linux["cgroupsPath"] = self.cgroup_parent + (linux.get("cgroupsPath") or "/pods/unnamed")
+
+    async def _runc(self, args: list[str], stdio=(None, None, None), log_file: str | None = None) -> None:
+        """Run runc; its stdio is the container process's, so errors come from --log."""
+        argv = ["runc", "--root", self.root]
+        if log_file:
+            argv += ["--log", log_file, "--log-format", "json"]
+        pid = spawn(SpawnSpec(argv=argv + args, env={"PATH": TOOL_PATH}, stdio=stdio))
+        code = exit_code(await self.reaper.watch(pid))
+        if code != 0:
+            detail = _last_error(log_file) if log_file else ""
+            prefix = f"runc {args[0]} failed"
+            raise hr.GcsError(hr.E_FAIL, detail if detail.startswith(prefix) else f"{prefix}: {detail or f'exit code {code}'}")
+
+    async def _with_console(self, plan: dict, run) -> None:
+        """Run `run(extra_args)`; if the process has a terminal, pass the master runc sends
+        to --console-socket on to the socketpair end in plan['stdio']['console_socket']."""
+        child_end = plan["stdio"].get("console_socket")
+        if child_end is None:
+            await run([])
+            return
+        directory = tempfile.mkdtemp(prefix="console-", dir=self.work)
+        path = os.path.join(directory, "c.sock")
+        listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        try:
+            listener.bind(path)
+            listener.listen(1)
+            running = aio.spawn(run(["--console-socket", path]), "runc")
+            conn, _ = await aio.sock_accept(listener)
+            try:
+                while True:
+                    try:
+                        _, fds, _, _ = socket.recv_fds(conn, 16, 1)
+                        break
+                    except BlockingIOError:
+                        await aio.wait_readable(conn.fileno())
+            finally:
+                aio.get_loop().forget_fd(conn.fileno())
+                conn.close()
+            forward = socket.socket(fileno=os.dup(child_end))
+            socket.send_fds(forward, [b"pty"], fds)
+            forward.close()
+            for fd in fds:
+                os.close(fd)
+            await running
+        finally:
+            aio.get_loop().forget_fd(listener.fileno())
+            listener.close()
+            os.unlink(path) if os.path.exists(path) else None
+            os.rmdir(directory)
+
+    def _stdio(self, plan: dict):
+        s = plan["stdio"]
+        if "console_socket" in s:
+            return (None, None, None)
+        return (s.get("stdin"), s.get("stdout"), s.get("stderr"))
+
+    async def create(self, plan: dict, child_fds: list[int]) -> RuncHandle:
+        os.makedirs(self.work, mode=0o700, exist_ok=True)
+        cid, bundle = plan["id"], plan["bundle"]
+        pid_file = os.path.join(bundle, "init.pid")
+        log_file = os.path.join(bundle, "runc.log")
+        try:
+            await self._with_console(plan, lambda extra: self._runc(
+                ["create", "--bundle", bundle, "--pid-file", pid_file, *extra, cid], self._stdio(plan), log_file))
+        finally:
+            for fd in child_fds:
+                os.close(fd)
+        with open(pid_file) as f:
+            pid = int(f.read())
+        return RuncHandle(pid, cid, self.reaper.watch(pid))
+
+    async def start(self, handle: RuncHandle) -> None:
+        await self._runc(["start", handle.cid], log_file=os.path.join(self.work, f"{handle.cid}.log"))
+
+    async def exec(self, plan: dict, child_fds: list[int]) -> tuple[int, aio.Future]:
+        cid = plan["id"]
+        directory = tempfile.mkdtemp(prefix=f"{cid}-", dir=self.work)
+        try:
+            process_file = os.path.join(directory, "process.json")
+            with open(process_file, "w") as f:
+                json.dump(plan["process"], f)
+            pid_file = os.path.join(directory, "pid")
+            try:
+                await self._with_console(plan, lambda extra: self._runc(
+                    ["exec", "-d", "--process", process_file, "--pid-file", pid_file, *extra, cid],
+                    self._stdio(plan), os.path.join(directory, "runc.log")))
+            finally:
+                for fd in child_fds:
+                    os.close(fd)
+            with open(pid_file) as f:
+                pid = int(f.read())
+        finally:
+            for name in os.listdir(directory):
+                os.unlink(os.path.join(directory, name))
+            os.rmdir(directory)
+        return pid, self.reaper.watch(pid)
+
+    async def delete(self, cid: str) -> None:
+        try:
+            await self._runc(["delete", "--force", cid])
+        except hr.GcsError as err:
+            log.warning("runc delete failed", container=cid, error=str(err))
+
+    def teardown(self) -> None:
+        """Remove the (now empty) cgroup subtree runc made under cgroup_parent."""
+        base = "/sys/fs/cgroup"
+        try:
+            hierarchies = [os.path.join(base, d) for d in os.listdir(base)]
+        except OSError:
+            return
+        if os.path.exists(os.path.join(base, "cgroup.procs")):
+            hierarchies = [base]
+        import time
+        deadline = time.monotonic() + 2.0
+        for hierarchy in hierarchies:
+            top = os.path.join(hierarchy, self.cgroup_parent.strip("/"))
+            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+                while True:
+                    try:
+                        os.rmdir(dirpath)
+                        break
+                    except OSError as err:
+                        if err.errno != 16 or time.monotonic() > deadline:  # EBUSY: processes still exiting
+                            log.warning("cgroup not removed", path=dirpath, error=err.strerror)
+                            break
+                        time.sleep(0.01)
+
+
+def _last_error(log_file: str) -> str:
+    message = ""
+    try:
+        with open(log_file) as f:
+            for line in f:
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue
+                if entry.get("level") in ("error", "fatal", "panic"):
+                    message = entry.get("msg", "")
+    except OSError:
+        pass
+    return message
