@@ -188,11 +188,20 @@ def _mask(path: str) -> None:
             raise ChildError(f"mask {path}: {os.strerror(err.errno)}") from None
 
 
+def _mount_flags(path: str) -> int:
+    """The flags a mount has now (statvfs), as mount(2) flags, so a remount keeps them."""
+    st = os.statvfs(path).f_flag
+    flags = st & (oci.MS_NOSUID | oci.MS_NODEV | oci.MS_NOEXEC | oci.MS_SYNCHRONOUS | oci.MS_MANDLOCK
+                  | oci.MS_NOATIME | oci.MS_NODIRATIME)
+    if st & 4096:  # ST_RELATIME
+        flags |= oci.MS_RELATIME
+    return flags
+
+
 def _read_only(path: str) -> None:
     try:
         linux.mount(path, path, None, oci.MS_BIND | oci.MS_REC, None)
-        linux.mount(None, path, None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY | oci.MS_NOSUID
-                    | oci.MS_NODEV | oci.MS_NOEXEC, None)
+        linux.mount(None, path, None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY | _mount_flags(path), None)
     except OSError as err:
         if err.errno != errno.ENOENT:
             raise ChildError(f"make {path} read-only: {os.strerror(err.errno)}") from None
@@ -211,12 +220,16 @@ def _setup_rootfs(plan: dict) -> None:
     if dev_is_tmpfs:
         _setup_dev(rootfs, plan.get("devices") or [])
     _pivot_root(rootfs)
-    for path in plan.get("maskedPaths") or []:
-        _mask(path)
-    for path in plan.get("readonlyPaths") or []:
-        _read_only(path)
     if plan.get("readonlyRoot"):
         _mount(None, "/", None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY, None)
+
+
+def _protect_paths(plan: dict) -> None:
+    """After sysctls are written (runc's order): read-only paths, then masked ones."""
+    for path in plan.get("readonlyPaths") or []:
+        _read_only(path)
+    for path in plan.get("maskedPaths") or []:
+        _mask(path)
 
 
 def _apply_sysctl(sysctl: dict) -> None:
@@ -328,6 +341,8 @@ def _finish_and_exec(proc: dict, err_w: int) -> None:
     for item in proc.get("env") or []:
         key, _, value = item.partition("=")
         env[key] = value
+    if "HOME" not in env:  # as runc does: the user's home from the container's passwd
+        env["HOME"] = _home_of(uid)
     args = proc.get("args") or []
     if not args:
         raise ChildError("process has no args")
@@ -336,6 +351,18 @@ def _finish_and_exec(proc: dict, err_w: int) -> None:
         os.execve(path, args, env)
     except OSError as err:
         _fail(err_w, f"exec {args[0]!r}: {err.strerror}", 127)
+
+
+def _home_of(uid: int) -> str:
+    try:
+        with open("/etc/passwd") as f:
+            for line in f:
+                fields = line.rstrip("\n").split(":")
+                if len(fields) > 5 and fields[2] == str(uid):
+                    return fields[5] or "/"
+    except OSError:
+        pass
+    return "/"
 
 
 def _check_program(proc: dict) -> None:
@@ -368,6 +395,7 @@ def init_main(plan: dict, pid_w: int, err_w: int, start_r: int) -> None:
         if plan.get("hostname") and any(k == "uts" and not p for k, p in plan["namespaces"]):
             socket.sethostname(plan["hostname"])
         _apply_sysctl(plan.get("sysctl") or {})
+        _protect_paths(plan)
         _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
         os.write(err_w, b"R")
