@@ -188,6 +188,85 @@ def bench_storage(tmp: str, layers: int = 10, rounds: int = 30) -> None:
             subprocess.run(["losetup", "-d", loop], capture_output=True)
 
 
+def bench_containers(tmp: str, runs: int = 30, execs: int = 100) -> None:
+    """Container create+start+exit and exec+wait, native and runc side by side."""
+    from gcs.host.images import make_layer_image
+    from gcs.host.samples import busybox_rootfs, default_spec
+
+    root = os.path.join(tmp, "containers")
+    busybox_rootfs(os.path.join(root, "rootfs"))
+    image = os.path.join(root, "busybox.img")
+    make_layer_image(os.path.join(root, "rootfs"), image)
+    loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
+                          text=True).stdout.strip()
+    results: dict[str, dict[str, float]] = {}
+    try:
+        for runtime in ("native", "runc"):
+            devroot = os.path.join(root, runtime, "devroot")
+            os.makedirs(os.path.join(devroot, "dev"))
+            os.symlink(loop, os.path.join(devroot, "dev", "pmem0"))
+            os.makedirs(os.path.join(root, runtime, "uvm"))
+            agent = Agent(os.path.join(root, runtime, "uvm"), ["--dev-root", devroot, "--runtime", runtime])
+            call = agent.bridge.call
+            try:
+                call(RequestId.MODIFY_SETTINGS, Request={"RequestType": "Add", "ResourceType": "VPMemDevice",
+                                                         "Settings": {"MountPath": "/run/layers/p0"}})
+                lifecycle, full = [], []
+                for i in range(runs):
+                    cid = f"b{i}"
+                    t0 = time.perf_counter()
+                    rootfs = f"/run/gcs/c/{cid}/rootfs"
+                    call(RequestId.MODIFY_SETTINGS, Request={"RequestType": "Add", "ResourceType": "CombinedLayers",
+                         "Settings": {"ContainerRootPath": rootfs, "Layers": [{"Path": "/run/layers/p0"}],
+                                      "ScratchPath": f"/run/gcs/c/{cid}/scratch/{cid}"}})
+                    t1 = time.perf_counter()
+                    config = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciBundlePath": f"/run/gcs/c/{cid}",
+                              "OciSpecification": default_spec(["/bin/true"], rootfs)}
+                    call(RequestId.CREATE, cid, ContainerConfig=json.dumps(config))
+                    call(RequestId.START, cid)
+                    pid = call(RequestId.EXECUTE_PROCESS, cid, Settings={"ProcessParameters": "{}"})["ProcessId"]
+                    assert call(RequestId.WAIT_FOR_PROCESS, cid, ProcessId=pid, TimeoutInMs=0xFFFFFFFF)["ExitCode"] == 0
+                    t2 = time.perf_counter()
+                    call(RequestId.MODIFY_SETTINGS, Request={"RequestType": "Remove", "ResourceType": "CombinedLayers",
+                                                             "Settings": {"ContainerRootPath": rootfs}})
+                    call(RequestId.DELETE_CONTAINER_STATE, cid)
+                    t3 = time.perf_counter()
+                    lifecycle.append(t2 - t1)
+                    full.append(t3 - t0)
+                cid = "execs"
+                rootfs = f"/run/gcs/c/{cid}/rootfs"
+                call(RequestId.MODIFY_SETTINGS, Request={"RequestType": "Add", "ResourceType": "CombinedLayers",
+                     "Settings": {"ContainerRootPath": rootfs, "Layers": [{"Path": "/run/layers/p0"}],
+                                  "ScratchPath": f"/run/gcs/c/{cid}/scratch/{cid}"}})
+                config = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciBundlePath": f"/run/gcs/c/{cid}",
+                          "OciSpecification": default_spec(["sleep", "600"], rootfs)}
+                call(RequestId.CREATE, cid, ContainerConfig=json.dumps(config))
+                init = call(RequestId.EXECUTE_PROCESS, cid, Settings={"ProcessParameters": "{}"})["ProcessId"]
+                process = json.dumps({"OciProcess": {"args": ["/bin/true"], "cwd": "/", "user": {"uid": 0, "gid": 0},
+                                                     "env": ["PATH=/bin"]}})
+                exec_s = []
+                for _ in range(execs):
+                    t0 = time.perf_counter()
+                    pid = call(RequestId.EXECUTE_PROCESS, cid, Settings={"ProcessParameters": process})["ProcessId"]
+                    assert call(RequestId.WAIT_FOR_PROCESS, cid, ProcessId=pid, TimeoutInMs=0xFFFFFFFF)["ExitCode"] == 0
+                    exec_s.append(time.perf_counter() - t0)
+                call(RequestId.SIGNAL_PROCESS, cid, ProcessId=init)
+                results[runtime] = {"lifecycle": median_ms(lifecycle), "full": median_ms(full), "exec": median_ms(exec_s)}
+            finally:
+                agent.stop()
+    finally:
+        subprocess.run(["losetup", "-d", loop], capture_output=True)
+    native, runc = results["native"], results["runc"]
+    report("container Create+Start+init exec+Wait /bin/true (native)", native["lifecycle"], "ms", "<= 10 ms", "45 ms")
+    report("  same with --runtime runc", runc["lifecycle"], "ms", "-", "45 ms")
+    report("  native speed-up over runc", runc["lifecycle"] / native["lifecycle"], "x", ">= 4x", "-")
+    report("full lifecycle incl. overlay + DeleteContainerState (native)", native["full"], "ms", "-", "55 ms")
+    report("  same with --runtime runc", runc["full"], "ms", "-", "55 ms")
+    report("exec+wait /bin/true in a running container (native)", native["exec"], "ms", "<= 4 ms", "18.6 ms")
+    report("  same with --runtime runc", runc["exec"], "ms", "-", "18.6 ms")
+    report("  native speed-up over runc", runc["exec"] / native["exec"], "x", "-", "-")
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
@@ -206,6 +285,7 @@ def main() -> int:
         finally:
             agent.stop()
         bench_storage(tmp)
+        bench_containers(tmp)
     width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
              for i in range(4)]
     header = ("measure", "pygcs", "target", "Go GCS (reference)")

@@ -74,7 +74,7 @@ class NativeRuntime:
                 target(plan, pid_w, err_w, *pipes)
             finally:
                 os._exit(1)
-        middle_status = self.reaper.watch(middle)
+        self.reaper.watch(middle)  # reaped in the background; its pid report is what counts
         os.close(pid_w)
         os.close(err_w)
         for fd in keep:
@@ -84,7 +84,6 @@ class NativeRuntime:
         finally:
             aio.get_loop().forget_fd(pid_r)
             os.close(pid_r)
-        await middle_status
         if not report.strip().isdigit():
             data = await _read_all(err_r)
             aio.get_loop().forget_fd(err_r)
