@@ -137,7 +137,7 @@ def bench_stdout(agent: Agent, mib: int = 2048) -> None:
 
 def bench_storage(tmp: str, layers: int = 10, rounds: int = 30) -> None:
     """pmem layer mount and a 10-layer overlay, on loop devices over real ext4 images."""
-    from gcs.host.images import make_layer_image
+    from gcs.host.images import attach_loop, detach_loop, make_layer_image
 
     root = os.path.join(tmp, "storage")
     dev = os.path.join(root, "devroot", "dev")
@@ -151,8 +151,7 @@ def bench_storage(tmp: str, layers: int = 10, rounds: int = 30) -> None:
                 f.write(str(i))
             image = os.path.join(root, f"l{i}.img")
             make_layer_image(src, image)
-            loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
-                                  text=True).stdout.strip()
+            loop = attach_loop(image)
             loops.append(loop)
             os.symlink(loop, os.path.join(dev, f"pmem{i}"))
         os.makedirs(os.path.join(root, "uvm"))
@@ -185,20 +184,19 @@ def bench_storage(tmp: str, layers: int = 10, rounds: int = 30) -> None:
             agent.stop()
     finally:
         for loop in loops:
-            subprocess.run(["losetup", "-d", loop], capture_output=True)
+            detach_loop(loop)
 
 
 def bench_containers(tmp: str, runs: int = 30, execs: int = 100) -> None:
     """Container create+start+exit and exec+wait, native and runc side by side."""
-    from gcs.host.images import make_layer_image
+    from gcs.host.images import attach_loop, detach_loop, make_layer_image
     from gcs.host.samples import busybox_rootfs, default_spec
 
     root = os.path.join(tmp, "containers")
     busybox_rootfs(os.path.join(root, "rootfs"))
     image = os.path.join(root, "busybox.img")
     make_layer_image(os.path.join(root, "rootfs"), image)
-    loop = subprocess.run(["losetup", "-f", "--show", "-r", image], check=True, capture_output=True,
-                          text=True).stdout.strip()
+    loop = attach_loop(image)
     results: dict[str, dict[str, float]] = {}
     try:
         for runtime in ("native", "runc"):
@@ -255,7 +253,7 @@ def bench_containers(tmp: str, runs: int = 30, execs: int = 100) -> None:
             finally:
                 agent.stop()
     finally:
-        subprocess.run(["losetup", "-d", loop], capture_output=True)
+        detach_loop(loop)
     native, runc = results["native"], results["runc"]
     report("container Create+Start+init exec+Wait /bin/true (native)", native["lifecycle"], "ms", "<= 10 ms", "45 ms")
     report("  same with --runtime runc", runc["lifecycle"], "ms", "-", "45 ms")

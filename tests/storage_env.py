@@ -7,7 +7,7 @@ device over a real ext4 image.
 import os
 import subprocess
 
-from gcs.host.images import make_layer_image, make_scratch_image
+from gcs.host.images import attach_loop, detach_loop, make_layer_image, make_scratch_image
 from gcs.storage.devices import SCSI_CONTROLLER_GUIDS
 
 
@@ -15,16 +15,22 @@ class Loops:
     def __init__(self):
         self.devices = []
 
-    def attach(self, image, partitions=False, read_only=False):
-        args = ["losetup", "-f", "--show"] + (["-P"] if partitions else []) + (["-r"] if read_only else []) + [image]
-        dev = subprocess.run(args, check=True, capture_output=True, text=True).stdout.strip()
+    def attach(self, image, read_only=False, offset=0, size=0):
+        dev = attach_loop(image, read_only, offset, size)
         self.devices.append(dev)
         return dev
 
+    def detach(self, dev):
+        """Detach now (the test checks that nothing holds the device any more)."""
+        subprocess.run(["losetup", "-d", dev], check=True, capture_output=True)
+        self.devices.remove(dev)
+
     def detach_all(self):
-        for dev in reversed(self.devices):
-            subprocess.run(["losetup", "-d", dev], capture_output=True)
+        """Detach every device; a device still held by an agent's dying mount namespace is
+        busy for a moment, so retry before giving up."""
+        failed = [dev for dev in reversed(self.devices) if not detach_loop(dev)]
         self.devices.clear()
+        assert not failed, f"loop devices left attached: {failed}"
 
 
 class DeviceTree:
@@ -71,9 +77,7 @@ class DeviceTree:
         block = os.path.join(self.scsi_dir(host, lun), "block", name)
         os.makedirs(block)
         for number, (start, size) in enumerate(partitions, 1):
-            part = subprocess.run(["losetup", "-f", "--show", "-o", str(start), "--sizelimit", str(size), image],
-                                  check=True, capture_output=True, text=True).stdout.strip()
-            self.loops.devices.append(part)
+            part = self.loops.attach(image, offset=start, size=size)
             os.makedirs(os.path.join(block, f"{name}p{number}"))
             os.symlink(part, os.path.join(self.dev_root, "dev", f"{name}p{number}"))
         os.symlink(dev, os.path.join(self.dev_root, "dev", name))

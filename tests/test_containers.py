@@ -33,14 +33,18 @@ def host(request, tmp_path, layer_image):
     loops = Loops()
     tree = DeviceTree(str(tmp_path), loops)
     tree.add_pmem(0, layer_image)
-    uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", request.param]).start()
-    h = Host(uvm)
-    h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
     try:
+        uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", request.param]).start()
+    except BaseException:
+        loops.detach_all()
+        raise
+    agent = uvm.agent_pid
+    h = Host(uvm)
+    try:
+        h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
         yield h
     finally:
         violations = list(uvm.bridge.violations)
-        agent = uvm.agent_pid
         uvm.stop()
         loops.detach_all()
         assert violations == []

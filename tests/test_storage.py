@@ -73,7 +73,7 @@ def test_pmem_layer_is_read_only_and_removable(env):
     assert "/run/layers/p0" not in host_mountinfo()
     modify(uvm, "VPMemDevice", {"MountPath": "/run/layers/p0"}, "Remove")
     assert sh(uvm, "grep -c ' /run/layers/p0 ' /proc/mounts; test -e /run/layers/p0")[0] != 0
-    subprocess.run(["losetup", "-d", dev], check=True)  # no longer busy
+    env.loops.detach(dev)  # no longer busy
 
 
 def test_overlay_rootfs_copy_up_and_teardown_order(env):
@@ -116,7 +116,7 @@ def test_overlay_rootfs_copy_up_and_teardown_order(env):
     assert code == 1 and out == ""
     stacks = uvm.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "storage_mounts: 0" in stacks and "overlays: 0" in stacks
-    subprocess.run(["losetup", "-d", base], check=True)
+    env.loops.detach(base)
 
 
 def test_scratch_survives_remount(env):
@@ -305,4 +305,4 @@ def test_shutdown_unmounts_everything(env):
     assert uvm.proc.wait(10) == 0
     log = open(uvm.log_path).read()
     assert "teardown: unmount failed" not in log
-    subprocess.run(["losetup", "-d", dev], check=True)
+    env.loops.detach(dev)

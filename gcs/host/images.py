@@ -61,3 +61,23 @@ def make_scratch_image(image: str, size: int) -> None:
     subprocess.run(["mkfs.ext4", "-q", "-F", "-E", "lazy_itable_init=0,nodiscard",
                     "-O", "^has_journal,sparse_super2,^resize_inode", image],
                    check=True, capture_output=True)
+
+
+def attach_loop(image: str, read_only: bool = True, offset: int = 0, size: int = 0) -> str:
+    """A loop device over image (or a byte range of it): what stands in for a hot-added disk."""
+    args = ["losetup", "-f", "--show"] + (["-r"] if read_only else [])
+    if offset or size:
+        args += ["-o", str(offset)] + (["--sizelimit", str(size)] if size else [])
+    return subprocess.run(args + [image], check=True, capture_output=True, text=True).stdout.strip()
+
+
+def detach_loop(device: str, timeout: float = 5.0) -> bool:
+    """Detach a loop device; an agent's mount namespace that is still going away keeps it
+    busy for a moment, so this retries until `timeout`."""
+    import time
+    deadline = time.monotonic() + timeout
+    while subprocess.run(["losetup", "-d", device], capture_output=True).returncode != 0:
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+    return True
