@@ -107,7 +107,14 @@ def test_exec_into_running_container(host):
     with pytest.raises(RpcError) as info:
         host.exec("c2", ["true"])
     assert info.value.hresult == hr.SYSTEM_ALREADY_STOPPED
+    with pytest.raises(RpcError) as info:
+        init.signal(signal.SIGTERM)  # signal to an exited process
+    assert info.value.hresult == hr.ERROR_NOT_FOUND
+    assert init.wait() == 137  # the init stays reachable while the container exists
     host.remove("c2")
+    with pytest.raises(RpcError) as info:
+        init.wait()
+    assert info.value.hresult == hr.SYSTEM_NOT_FOUND
 
 
 def test_shutdown_graceful_and_process_list(host):
