@@ -9,10 +9,13 @@ from __future__ import annotations
 import json
 import os
 
-from gcs import aio
+from gcs import aio, linux
 from gcs.containers.native import child
 from gcs.protocol import hresult as hr
 from gcs.runtime.reaper import Reaper, exit_code
+
+
+CLONE_NEWPID = 0x20000000
 
 
 class InitHandle:
@@ -92,14 +95,49 @@ class NativeRuntime:
         return int(report), err_r
 
     async def create(self, plan: dict, child_fds: list[int]) -> InitHandle:
-        """Set up the init process up to the point of exec; it then waits for start()."""
+        """Fork the init straight into its pid namespace and let it set everything up to
+        the point of exec; it then waits for start().
+
+        The agent enters the target pid namespace for its children around the one fork
+        (unshare or setns with CLONE_NEWPID changes only where children go) and returns to
+        its own right after, so the init costs a single fork of the agent's image.
+        """
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
+        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
         try:
-            pid, err_r = await self._fork(child.init_main, plan, child_fds + [start_r], start_r)
-        except BaseException:
-            os.close(start_w)
-            raise
+            try:
+                if pid_ns and pid_ns[0]:
+                    target = os.open(pid_ns[0], os.O_RDONLY | os.O_CLOEXEC)
+                    try:
+                        linux.setns(target, CLONE_NEWPID)
+                    finally:
+                        os.close(target)
+                elif pid_ns:
+                    linux.unshare(CLONE_NEWPID)
+                pid = os.fork()
+                if pid == 0:  # the child: never returns
+                    try:
+                        os.close(err_r)
+                        os.close(start_w)
+                        child.init_main(plan, err_w, start_r)
+                    finally:
+                        os._exit(1)
+            finally:
+                if pid_ns:
+                    linux.setns(own, CLONE_NEWPID)
+        except OSError as err:
+            for fd in (start_r, start_w, err_r, err_w):
+                os.close(fd)
+            raise hr.GcsError(hr.E_FAIL, f"container setup failed: pid namespace: {err.strerror or err}") from None
+        finally:
+            os.close(own)
+            for fd in child_fds:
+                os.close(fd)
         status = self.reaper.watch(pid)
+        os.close(err_w)
+        os.close(start_r)
         handle = InitHandle(pid, start_w, err_r, status)
         ready = await _read_all(err_r, stop_at=b"R")
         if ready != b"R":
