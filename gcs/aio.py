@@ -520,6 +520,20 @@ async def sock_sendall(sock: socket.socket, data: bytes) -> None:
             await wait_writable(sock.fileno())
 
 
+async def sock_recv_fds(sock: socket.socket, maxfds: int = 1) -> list[int]:
+    """Receive file descriptors (SCM_RIGHTS) sent over a Unix socket, then close it."""
+    sock.setblocking(False)
+    try:
+        while True:
+            try:
+                return socket.recv_fds(sock, 16, maxfds)[1]
+            except (BlockingIOError, InterruptedError):
+                await wait_readable(sock.fileno())
+    finally:
+        _loop.forget_fd(sock.fileno())
+        sock.close()
+
+
 async def sock_connect(sock: socket.socket, address: Any) -> None:
     try:
         sock.connect(address)

@@ -57,17 +57,7 @@ class ChildStdio:
         if self.console is None:
             return
         sock, self.console = self.console, None
-        try:
-            sock.setblocking(False)
-            while True:
-                try:
-                    _, fds, _, _ = socket.recv_fds(sock, 16, 1)
-                    break
-                except BlockingIOError:
-                    await aio.wait_readable(sock.fileno())
-        finally:
-            aio.get_loop().forget_fd(sock.fileno())
-            sock.close()
+        fds = await aio.sock_recv_fds(sock)
         if not fds:
             raise hr.GcsError(hr.E_FAIL, "the container process sent no pty")
         self.master = fds[0]

@@ -71,16 +71,7 @@ class RuncRuntime:
             listener.listen(1)
             running = aio.spawn(run(["--console-socket", path]), "runc")
             conn, _ = await aio.sock_accept(listener)
-            try:
-                while True:
-                    try:
-                        _, fds, _, _ = socket.recv_fds(conn, 16, 1)
-                        break
-                    except BlockingIOError:
-                        await aio.wait_readable(conn.fileno())
-            finally:
-                aio.get_loop().forget_fd(conn.fileno())
-                conn.close()
+            fds = await aio.sock_recv_fds(conn)
             forward = socket.socket(fileno=os.dup(child_end))
             socket.send_fds(forward, [b"pty"], fds)
             forward.close()
