@@ -37,7 +37,8 @@ HOST_RESOURCE_TYPES = {
 class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
                  dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0,
-                 notify: Callable[[dict], None] | None = None, runtime: str = "native") -> None:
+                 notify: Callable[[dict], None] | None = None, runtime: str = "native",
+                 cgroup_base: str = "") -> None:
         self.transport = transport
         self.reaper = reaper
         self._processes: UvmProcessTable | None = None
@@ -45,6 +46,7 @@ class Agent:
         self._device_args = (dev_root, sys_root, device_wait)
         self._containers: Containers | None = None
         self.runtime_name = runtime
+        self.cgroup_base = cgroup_base
         self.notify = notify or (lambda note: None)
         self.on_shutdown = on_shutdown
         self._handlers: dict[int, Callable[[Any], Awaitable[dict[str, Any]]]] = {
@@ -82,15 +84,18 @@ class Agent:
     @property
     def containers(self) -> Containers:
         if self._containers is None:
+            from gcs.containers.cgroups import Cgroups
             from gcs.containers.manager import Containers
+            cgroups = Cgroups(self.cgroup_base)
+            cgroups.setup()
             if self.runtime_name == "runc":
                 from gcs.containers.runc import RuncRuntime
-                runtime = RuncRuntime(self.reaper)
+                runtime = RuncRuntime(self.reaper, cgroups.base)
             else:
                 from gcs.containers.native.runtime import NativeRuntime
                 runtime = NativeRuntime(self.reaper)
             self._containers = Containers(runtime, self.reaper, self.transport,
-                                          lambda note: self.notify(note), lambda: self._storage)
+                                          lambda note: self.notify(note), lambda: self._storage, cgroups)
         return self._containers
 
     def teardown(self) -> None:
@@ -193,7 +198,8 @@ class Agent:
             self.containers.lookup(req.container_id)
             if req.resource_type != "ContainerConstraints":
                 raise hr.GcsError(hr.E_FAIL, f"ResourceType {req.resource_type!r} is not supported for containers")
-            raise hr.GcsError(hr.E_NOTIMPL, "ContainerConstraints need cgroups, not in this agent build yet")
+            self.containers.update_constraints(req.container_id, req.settings)
+            return response(req.activity_id)
         if req.resource_type not in HOST_RESOURCE_TYPES:
             raise hr.GcsError(hr.E_FAIL, f"invalid ResourceType {req.resource_type!r}")
         if req.request_type not in ("Add", "Remove", "Update", "PreAdd"):

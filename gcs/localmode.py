@@ -14,9 +14,15 @@ import signal
 import sys
 
 
-def enter(exit_with_parent: bool = False) -> None:
-    """Returns in the agent (pid 1 of a new pid namespace); the supervisor never returns."""
+def enter(exit_with_parent: bool = False) -> str:
+    """Returns in the agent (pid 1 of a new pid namespace); the supervisor never returns.
+
+    Returns the dedicated cgroup subtree for this agent's containers (under our own
+    cgroup); the supervisor removes it after the agent, whatever way the agent ended.
+    """
     from gcs import linux
+
+    cgroup_base = f"{_own_cgroup().rstrip('/')}/pygcs-{os.getpid()}-{os.urandom(3).hex()}"
 
     if exit_with_parent:
         import prctl
@@ -28,7 +34,7 @@ def enter(exit_with_parent: bool = False) -> None:
     linux.unshare(linux.CLONE_NEWNS | linux.CLONE_NEWPID)
     child = os.fork()
     if child:
-        _supervise(child)
+        _supervise(child, cgroup_base)
     try:
         import prctl
         prctl.set_pdeathsig(signal.SIGKILL)  # the supervisor's death ends the namespace
@@ -39,9 +45,38 @@ def enter(exit_with_parent: bool = False) -> None:
         from gcs.log import log
         log.log("fatal", "local mode setup failed", error=str(err))
         os._exit(1)
+    return cgroup_base
 
 
-def _supervise(child: int) -> None:
+def _own_cgroup() -> str:
+    try:
+        with open("/proc/self/cgroup") as f:
+            for line in f:
+                _, controllers, path = line.rstrip("\n").split(":", 2)
+                if "memory" in controllers.split(",") or controllers == "":
+                    return path
+    except OSError:
+        pass
+    return "/"
+
+
+def _remove_cgroups(base: str) -> None:
+    """Best effort: the agent normally removed its subtree itself."""
+    root = "/sys/fs/cgroup"
+    try:
+        hierarchies = [root] if os.path.exists(f"{root}/cgroup.procs") else [f"{root}/{d}" for d in os.listdir(root)]
+    except OSError:
+        return
+    for hierarchy in hierarchies:
+        top = os.path.join(hierarchy, base.strip("/"))
+        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+            try:
+                os.rmdir(dirpath)
+            except OSError:
+                pass
+
+
+def _supervise(child: int, cgroup_base: str) -> None:
     def forward(signum: int, _frame: object) -> None:
         try:
             os.kill(child, signum)
@@ -57,4 +92,5 @@ def _supervise(child: int) -> None:
         except InterruptedError:
             continue
     sys.stdout.flush()
+    _remove_cgroups(cgroup_base)
     os._exit(os.waitstatus_to_exitcode(status) if not os.WIFSIGNALED(status) else 128 + os.WTERMSIG(status))

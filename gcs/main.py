@@ -46,9 +46,10 @@ def main(argv: list[str] | None = None) -> None:
     from vmbus.transport import parse_transport
     transport = parse_transport(opts.transport) if opts.transport else NoTransport()
 
+    cgroup_base = ""
     if opts.local:
         from gcs import localmode
-        localmode.enter(opts.exit_with_parent)
+        cgroup_base = localmode.enter(opts.exit_with_parent)
 
     from gcs import log as logmod
     if opts.logfile:
@@ -78,7 +79,7 @@ def main(argv: list[str] | None = None) -> None:
         bridge.stop_after_flush()
 
     agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait,
-                  notify=lambda note: bridge.notify(note), runtime=opts.runtime)
+                  notify=lambda note: bridge.notify(note), runtime=opts.runtime, cgroup_base=cgroup_base)
 
     if opts.bridge_stdio:
         used = [False]

@@ -209,3 +209,44 @@ def test_load_hundred_containers_ten_execs_each(host):
     with open(f"/proc/{agent}/task/{agent}/children") as f:
         assert f.read().split() == []  # no process left behind
 
+
+
+def test_cgroup_limits_statistics_constraints_and_oom(host):
+    import json
+    root = host.layers("cg", ["/run/layers/p0"])
+    spec = default_spec(["sleep", "60"], root)
+    spec["linux"]["resources"] = {"memory": {"limit": 64 << 20}, "pids": {"limit": 50}, "cpu": {"shares": 512}}
+    host.create("cg", spec)
+    init = host.start("cg", stdout=False, stderr=False)
+
+    def stats():
+        reply = host.bridge.call(RequestId.GET_PROPERTIES, container_id="cg", Query='{"PropertyTypes":["Statistics"]}')
+        return json.loads(reply["Properties"])["LCOWMetrics"]
+
+    s = stats()
+    assert s["memory"]["usage"]["limit"] == 64 << 20 and s["pids"]["limit"] == 50 and s["pids"]["current"] >= 1
+    assert s["memory"]["usage"]["usage"] > 0
+    # ContainerConstraints update the live limits
+    host.bridge.call(RequestId.MODIFY_SETTINGS, container_id="cg", Request={
+        "RequestType": "Update", "ResourceType": "ContainerConstraints",
+        "Settings": {"Windows": {}, "Linux": {"memory": {"limit": 32 << 20}}}})
+    assert stats()["memory"]["usage"]["limit"] == 32 << 20
+    # a process that outgrows the limit is OOM-killed; the exit notification says so
+    _, err, code = host.exec("cg", ["sh", "-c", "head -c 200000000 /dev/zero | tail > /dev/null"]).communicate()
+    assert code != 0, err
+    init.signal(signal.SIGKILL)
+    assert init.wait() == 137
+    note = host.notification()
+    assert note["Type"] == "ForcedExit" and json.loads(note["ResultInfo"])["OomKilled"] is True
+    host.remove("cg")
+
+
+def test_pids_limit(host):
+    root = host.layers("pl", ["/run/layers/p0"])
+    spec = default_spec(["sh", "-c", "for i in 1 2 3 4 5 6; do sleep 1 & done; wait"], root)
+    spec["linux"]["resources"] = {"pids": {"limit": 4}}
+    host.create("pl", spec)
+    out, err, code = host.start("pl").communicate()
+    assert b"can't fork" in err
+    host.notification()
+    host.remove("pl")

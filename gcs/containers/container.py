@@ -40,3 +40,5 @@ class Container:
     exit_kind: str = "UnexpectedExit"
     notified: bool = False
     own_pid_namespace: bool = True
+    cgroup: str = ""                         # its cgroup, relative to the agent's base
+    result_info: Optional[dict] = None       # sent as the notification's ResultInfo (OOM kills)

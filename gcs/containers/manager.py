@@ -90,8 +90,9 @@ class ChildStdio:
 
 
 class Containers:
-    def __init__(self, runtime, reaper, transport, notify, storage_getter) -> None:
+    def __init__(self, runtime, reaper, transport, notify, storage_getter, cgroups=None) -> None:
         self.runtime = runtime
+        self.cgroups = cgroups
         self.reaper = reaper
         self.transport = transport
         self.notify = notify
@@ -182,6 +183,7 @@ class Containers:
             soft, _, hard = core.partition(";")
             process.setdefault("rlimits", []).append({"type": "RLIMIT_CORE", "soft": int(soft), "hard": int(hard)})
         spec.pop("windows", None)
+        c.cgroup = linux.get("cgroupsPath") or ""  # relative to the agent's cgroup base
         if hasattr(self.runtime, "adjust_spec"):
             self.runtime.adjust_spec(spec)
         cwd = process.get("cwd") or "/"
@@ -189,6 +191,11 @@ class Containers:
             os.makedirs(os.path.join(rootfs, cwd.lstrip("/")), exist_ok=True)
         with open(os.path.join(c.bundle, "config.json"), "w") as f:
             json.dump(spec, f)
+        cgroup = self._cgroup(c)
+        procs: list[str] = []
+        if cgroup and self.runtime.name == "native":
+            self.cgroups.create(cgroup, linux.get("resources") or {})
+            procs = self.cgroups.procs_files(cgroup)
         stdio = ChildStdio(bool(process.get("terminal")), True, True, True)
         c.init_stdio = stdio
         plan = {
@@ -204,11 +211,16 @@ class Containers:
             "maskedPaths": linux.get("maskedPaths") or [],
             "readonlyPaths": linux.get("readonlyPaths") or [],
             "sysctl": linux.get("sysctl") or {},
+            "cgroup_procs": procs,
             "stdio": stdio.plan,
             "process": process,
         }
         try:
             c.init_handle = await self.runtime.create(plan, stdio.child_fds)
+        except BaseException:
+            if procs:
+                self.cgroups.delete(cgroup)
+            raise
         finally:
             stdio.child_fds.clear()
         await stdio.receive_master()
@@ -239,7 +251,9 @@ class Containers:
         stdio = None
         try:
             stdio = ChildStdio(terminal, conns.stdin is not None, conns.stdout is not None, conns.stderr is not None)
-            plan = {"id": c.id, "namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
+            cgroup = self._cgroup(c)
+            plan = {"id": c.id, "cgroup_procs": self.cgroups.procs_files(cgroup) if cgroup else [],
+                    "namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
                                    for kind in ocispec.NAMESPACE_FILES],
                     "stdio": stdio.plan, "process": process}
             try:
@@ -298,13 +312,19 @@ class Containers:
         if proc.relay is not None:
             await proc.relay.finish()
         c.state = STOPPED
+        cgroup = self._cgroup(c)
+        if cgroup:
+            kills = self.cgroups.oom_kills(cgroup)
+            if kills:
+                c.result_info = {"OomKilled": True, "OomKillCount": kills}
+                log.error("container processes were killed for lack of memory", container=c.id, oom_kills=kills)
         proc.done.set_result(exit_code(status))
         log.info("container init exited", container=c.id, exit_code=exit_code(status))
 
     def _notify(self, c: Container) -> None:
         if not c.notified:
             c.notified = True
-            self.notify(container_notification(c.id, c.activity_id, c.exit_kind))
+            self.notify(container_notification(c.id, c.activity_id, c.exit_kind, c.result_info))
 
     # --- WaitForProcess / SignalProcess / ResizeConsole -----------------------------------
     def _process(self, c: Container, pid: int) -> ContainerProcess:
@@ -385,6 +405,9 @@ class Containers:
                     errors.append(f"process {proc.pid} did not exit")
         if hasattr(self.runtime, "delete"):
             await self.runtime.delete(cid)
+        cgroup = self._cgroup(c)
+        if cgroup:
+            self.cgroups.delete(cgroup)
         try:
             storage = self.storage()
             if storage is not None:
@@ -412,12 +435,34 @@ class Containers:
             if kind == "ProcessList":
                 props["ProcessList"] = [{"ProcessId": pid} for pid in self._pids(c)]
             elif kind == "Statistics":
-                raise hr.GcsError(hr.E_NOTIMPL, "container statistics need cgroups, not in this agent build yet")
+                cgroup = self._cgroup(c)
+                if not cgroup:
+                    raise hr.GcsError(hr.E_FAIL, "no cgroup hierarchy: statistics are not available")
+                props["LCOWMetrics"] = self.cgroups.stats(cgroup)
             else:
                 log.warning("unknown property type ignored", type=kind)
         return encode_json(props)
 
+    def _cgroup(self, c: Container) -> str:
+        if self.cgroups is None or not self.cgroups.available:
+            return ""
+        return c.cgroup
+
+    def update_constraints(self, cid: str, settings) -> None:
+        c = self.lookup(cid)
+        cgroup = self._cgroup(c)
+        if not cgroup:
+            raise hr.GcsError(hr.E_FAIL, "no cgroup hierarchy: constraints cannot be applied")
+        linux = settings.obj("Linux") if settings is not None else None
+        if linux is None:
+            raise hr.GcsError(hr.E_INVALIDARG, "ContainerConstraints: missing Linux resources")
+        self.cgroups.update(cgroup, linux.data)
+        log.info("updated container constraints", container=cid)
+
     def _pids(self, c: Container) -> list[int]:
+        cgroup = self._cgroup(c)
+        if cgroup and c.init is not None and not c.init.exited:
+            return self.cgroups.pids(cgroup)
         pids = []
         if c.init is not None and not c.init.exited and c.own_pid_namespace:
             try:
@@ -437,8 +482,17 @@ class Containers:
 
     def teardown(self) -> None:
         self.kill_all()
+        for c in self.containers.values():
+            for proc in [c.init, *c.execs.values()]:
+                if proc is not None:
+                    try:
+                        os.waitpid(proc.pid, 0)  # the loop no longer runs: reap here before cgroups go
+                    except ChildProcessError:
+                        pass
         if hasattr(self.runtime, "teardown"):
             self.runtime.teardown()
+        if self.cgroups is not None:
+            self.cgroups.teardown()
 
     def kill_all(self) -> None:
         for c in self.containers.values():

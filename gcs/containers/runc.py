@@ -33,11 +33,11 @@ class RuncHandle:
 class RuncRuntime:
     name = "runc"
 
-    def __init__(self, reaper: Reaper, cgroup_parent: str = "", root: str = "/run/runc") -> None:
+    def __init__(self, reaper: Reaper, cgroup_parent: str | None = None, root: str = "/run/runc") -> None:
         self.reaper = reaper
         self.root = root
         # Where container cgroups go: a dedicated subtree, removed again at shutdown.
-        self.cgroup_parent = cgroup_parent or f"/pygcs-{secrets.token_hex(4)}"
+        self.cgroup_parent = cgroup_parent if cgroup_parent is not None else f"/pygcs-{secrets.token_hex(4)}"
         self.work = "/run/gcsrunc"
 
     def adjust_spec(self, spec: dict) -> None:
@@ -139,6 +139,8 @@ class RuncRuntime:
 
     def teardown(self) -> None:
         """Remove the (now empty) cgroup subtree runc made under cgroup_parent."""
+        if not self.cgroup_parent:
+            return
         base = "/sys/fs/cgroup"
         try:
             hierarchies = [os.path.join(base, d) for d in os.listdir(base)]

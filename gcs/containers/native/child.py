@@ -392,6 +392,15 @@ def _check_program(proc: dict) -> None:
         raise ChildError(f"exec: {args[0]!r}: no such file or directory")
 
 
+def _join_cgroups(plan: dict) -> None:
+    for path in plan.get("cgroup_procs") or []:
+        try:
+            with open(path, "w") as f:
+                f.write("0")  # "0": the writing process itself
+        except OSError as err:
+            raise ChildError(f"join cgroup {os.path.dirname(path)}: {err.strerror}") from None
+
+
 def _kernel_last_cap() -> int:
     try:
         with open("/proc/sys/kernel/cap_last_cap") as f:
@@ -405,6 +414,7 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
     up, report ready, wait for start, exec."""
     try:
         _reset_signals()
+        _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
         os.setsid()
         if any(kind == "mount" for kind, _ in plan["namespaces"]):
@@ -437,6 +447,7 @@ def exec_main(plan: dict, pid_w: int, err_w: int) -> None:
         proc = plan["process"]
         last_cap = _kernel_last_cap()  # through the agent's /proc, before the mount ns changes
         _set_oom_score(proc)           # likewise: inherited by the program
+        _join_cgroups(plan)
         _enter_namespaces(plan["namespaces"])
         os.chdir("/")
         stdio = plan["stdio"]

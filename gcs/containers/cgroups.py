@@ -1,0 +1,325 @@
+"""The agent's cgroups, v1 or v2 (whichever the kernel gives; a hybrid host uses its v1
+controllers): `<base>/gcs` holds the agent, `<base>/pods/...` the containers, with the
+pods' memory capped at RAM minus a reserve so a container can never starve the agent.
+
+`base` is "" in a UVM. In local mode it is a dedicated subtree under the agent's own
+cgroup (`/pygcs-<random>`), removed again at shutdown.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+from gcs.log import log
+from gcs.protocol import hresult as hr
+
+V1_CONTROLLERS = ("memory", "cpu", "cpuacct", "cpuset", "pids")
+ROOT = "/sys/fs/cgroup"
+DEFAULT_RESERVE = 75 * 1024 * 1024
+
+
+def _read(path: str) -> str:
+    try:
+        with open(path) as f:
+            return f.read().strip()
+    except OSError:
+        return ""
+
+
+def _write(path: str, value: str) -> None:
+    try:
+        with open(path, "w") as f:
+            f.write(value)
+    except OSError as err:
+        raise hr.GcsError(hr.E_FAIL, f"cgroup write {path}={value!r}: {err.strerror}") from None
+
+
+def _int(text: str) -> int:
+    try:
+        return int(text)
+    except ValueError:
+        return 0
+
+
+def _kv(text: str) -> dict[str, int]:
+    out = {}
+    for line in text.splitlines():
+        key, _, value = line.partition(" ")
+        out[key] = _int(value)
+    return out
+
+
+class Cgroups:
+    def __init__(self, base: str = "", reserve: int = DEFAULT_RESERVE) -> None:
+        self.v2 = False
+        self.mounts: dict[str, str] = {}  # controller -> hierarchy mount dir
+        mounts = _cgroup_mounts()
+        v1 = {c: d for c, d in mounts.items() if c in V1_CONTROLLERS}
+        if v1:
+            self.mounts = v1
+        elif "" in mounts:
+            self.v2 = True
+            self.mounts = {"": mounts[""]}
+        self.base = base.rstrip("/")
+        self.reserve = reserve
+        self._agent_home: dict[str, str] = {}
+
+    @property
+    def available(self) -> bool:
+        return bool(self.mounts)
+
+    def dirs(self, rel: str) -> dict[str, str]:
+        rel = (self.base + "/" + rel.strip("/")).strip("/")
+        return {c: os.path.join(d, rel) for c, d in self.mounts.items()}
+
+    def procs_files(self, rel: str) -> list[str]:
+        return sorted({os.path.join(d, "cgroup.procs") for d in self.dirs(rel).values()})
+
+    # --- layout -------------------------------------------------------------------------
+    def setup(self) -> None:
+        """Create /gcs (and move the agent there) and /pods with memory = RAM - reserve."""
+        if not self.available:
+            log.warning("no cgroup hierarchy found: containers run without limits")
+            return
+        self.create("/pods", {})
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        self.update("/pods", {"memory": {"limit": max(total - self.reserve, 64 << 20)}})
+        self.create("/gcs", {})
+        for controller, directory in self.dirs("/gcs").items():
+            self._agent_home[controller] = _own_cgroup_dir(self.mounts[controller], controller)
+            _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+
+    def create(self, rel: str, resources: dict) -> None:
+        for controller, directory in self.dirs(rel).items():
+            fresh = not os.path.isdir(directory)
+            os.makedirs(directory, exist_ok=True)
+            if controller == "cpuset" and fresh:
+                _inherit_cpuset(directory)
+            if self.v2:
+                self._enable_v2_controllers(directory)
+        if resources:
+            self.update(rel, resources)
+
+    def _enable_v2_controllers(self, directory: str) -> None:
+        # Enable along the path below the hierarchy root (never the root's own files).
+        root = self.mounts[""]
+        parent = os.path.dirname(directory)
+        chain = []
+        while parent.startswith(root + "/"):
+            chain.append(parent)
+            parent = os.path.dirname(parent)
+        for d in reversed(chain):
+            wanted = set(_read(os.path.join(d, "cgroup.controllers")).split()) & {"memory", "cpu", "cpuset", "pids"}
+            enabled = set(_read(os.path.join(d, "cgroup.subtree_control")).split())
+            if wanted - enabled:
+                _write(os.path.join(d, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(wanted - enabled)))
+
+    def update(self, rel: str, resources: dict) -> None:
+        """Apply OCI LinuxResources (memory, cpu, pids)."""
+        dirs = self.dirs(rel)
+        memory = resources.get("memory") or {}
+        cpu = resources.get("cpu") or {}
+        pids = resources.get("pids") or {}
+        if self.v2:
+            d = dirs[""]
+            if memory.get("limit"):
+                _write(f"{d}/memory.max", str(memory["limit"]) if memory["limit"] > 0 else "max")
+            if memory.get("reservation"):
+                _write(f"{d}/memory.low", str(memory["reservation"]))
+            if cpu.get("shares"):
+                _write(f"{d}/cpu.weight", str(1 + ((cpu["shares"] - 2) * 9999) // 262142))
+            if cpu.get("quota") or cpu.get("period"):
+                quota = cpu.get("quota") or -1
+                _write(f"{d}/cpu.max", f"{quota if quota > 0 else 'max'} {cpu.get('period') or 100000}")
+            for key in ("cpus", "mems"):
+                if cpu.get(key):
+                    _write(f"{d}/cpuset.{key}", cpu[key])
+            if pids.get("limit"):
+                _write(f"{d}/pids.max", str(pids["limit"]) if pids["limit"] > 0 else "max")
+            return
+        if memory.get("limit") and "memory" in dirs:
+            _write(f"{dirs['memory']}/memory.limit_in_bytes", str(memory["limit"]))
+        if memory.get("reservation") and "memory" in dirs:
+            _write(f"{dirs['memory']}/memory.soft_limit_in_bytes", str(memory["reservation"]))
+        if "cpu" in dirs:
+            if cpu.get("shares"):
+                _write(f"{dirs['cpu']}/cpu.shares", str(cpu["shares"]))
+            if cpu.get("period"):
+                _write(f"{dirs['cpu']}/cpu.cfs_period_us", str(cpu["period"]))
+            if cpu.get("quota"):
+                _write(f"{dirs['cpu']}/cpu.cfs_quota_us", str(cpu["quota"]))
+        if "cpuset" in dirs:
+            for key in ("cpus", "mems"):
+                if cpu.get(key):
+                    _write(f"{dirs['cpuset']}/cpuset.{key}", cpu[key])
+        if pids.get("limit") and "pids" in dirs:
+            _write(f"{dirs['pids']}/pids.max", str(pids["limit"]) if pids["limit"] > 0 else "max")
+
+    # --- reading ------------------------------------------------------------------------
+    def oom_kills(self, rel: str) -> int:
+        dirs = self.dirs(rel)
+        if self.v2:
+            return _kv(_read(f"{dirs['']}/memory.events")).get("oom_kill", 0)
+        if "memory" in dirs:
+            return _kv(_read(f"{dirs['memory']}/memory.oom_control")).get("oom_kill", 0)
+        return 0
+
+    def pids(self, rel: str) -> list[int]:
+        found: set[int] = set()
+        for path in self.procs_files(rel):
+            found.update(int(p) for p in _read(path).split() if p.isdigit())
+        return sorted(found)
+
+    def stats(self, rel: str) -> dict:
+        """containerd's cgroup v1 Metrics shape (LCOWMetrics), zero values left out."""
+        dirs = self.dirs(rel)
+        if self.v2:
+            d = dirs[""]
+            cpu_stat = _kv(_read(f"{d}/cpu.stat"))
+            mem = _kv(_read(f"{d}/memory.stat"))
+            events = _kv(_read(f"{d}/memory.events"))
+            limit = _read(f"{d}/memory.max")
+            metrics = {
+                "cpu": {"usage": {"total": cpu_stat.get("usage_usec", 0) * 1000,
+                                  "kernel": cpu_stat.get("system_usec", 0) * 1000,
+                                  "user": cpu_stat.get("user_usec", 0) * 1000},
+                        "throttling": {"periods": cpu_stat.get("nr_periods", 0),
+                                       "throttled_periods": cpu_stat.get("nr_throttled", 0),
+                                       "throttled_time": cpu_stat.get("throttled_usec", 0) * 1000}},
+                "memory": {"cache": mem.get("file", 0), "rss": mem.get("anon", 0),
+                           "mapped_file": mem.get("file_mapped", 0), "dirty": mem.get("file_dirty", 0),
+                           "writeback": mem.get("file_writeback", 0), "pg_fault": mem.get("pgfault", 0),
+                           "pg_maj_fault": mem.get("pgmajfault", 0), "inactive_anon": mem.get("inactive_anon", 0),
+                           "active_anon": mem.get("active_anon", 0), "inactive_file": mem.get("inactive_file", 0),
+                           "active_file": mem.get("active_file", 0), "unevictable": mem.get("unevictable", 0),
+                           "usage": {"usage": _int(_read(f"{d}/memory.current")),
+                                     "limit": _int(limit) if limit != "max" else 0,
+                                     "max": _int(_read(f"{d}/memory.peak"))}},
+                "pids": {"current": _int(_read(f"{d}/pids.current")), "limit": _int(_read(f"{d}/pids.max"))},
+                "memory_oom_control": {"oom_kill": events.get("oom_kill", 0)},
+            }
+        else:
+            mem = _kv(_read(f"{dirs.get('memory', '')}/memory.stat")) if "memory" in dirs else {}
+            acct = dirs.get("cpuacct", "")
+            ticks = os.sysconf("SC_CLK_TCK") or 100
+            cpu_times = _kv(_read(f"{acct}/cpuacct.stat")) if acct else {}
+            throttling = _kv(_read(f"{dirs['cpu']}/cpu.stat")) if "cpu" in dirs else {}
+            m = dirs.get("memory", "")
+            metrics = {
+                "cpu": {"usage": {"total": _int(_read(f"{acct}/cpuacct.usage")) if acct else 0,
+                                  "kernel": cpu_times.get("system", 0) * 1_000_000_000 // ticks,
+                                  "user": cpu_times.get("user", 0) * 1_000_000_000 // ticks,
+                                  "per_cpu": [_int(x) for x in _read(f"{acct}/cpuacct.usage_percpu").split()] if acct else []},
+                        "throttling": {"periods": throttling.get("nr_periods", 0),
+                                       "throttled_periods": throttling.get("nr_throttled", 0),
+                                       "throttled_time": throttling.get("throttled_time", 0)}},
+                "memory": {**{k: mem.get(k, 0) for k in ("cache", "rss", "rss_huge", "mapped_file", "dirty", "writeback",
+                                                         "inactive_anon", "active_anon", "inactive_file", "active_file",
+                                                         "unevictable", "hierarchical_memory_limit",
+                                                         "hierarchical_memsw_limit")},
+                           "pg_fault": mem.get("pgfault", 0), "pg_maj_fault": mem.get("pgmajfault", 0),
+                           "usage": {"usage": _int(_read(f"{m}/memory.usage_in_bytes")),
+                                     "limit": _int(_read(f"{m}/memory.limit_in_bytes")),
+                                     "max": _int(_read(f"{m}/memory.max_usage_in_bytes")),
+                                     "failcnt": _int(_read(f"{m}/memory.failcnt"))}} if m else {},
+                "pids": {"current": _int(_read(f"{dirs['pids']}/pids.current")),
+                         "limit": _int(_read(f"{dirs['pids']}/pids.max"))} if "pids" in dirs else {},
+                "memory_oom_control": {"oom_kill": _kv(_read(f"{m}/memory.oom_control")).get("oom_kill", 0)} if m else {},
+            }
+            if "hierarchical_memsw_limit" in metrics.get("memory", {}):
+                metrics["memory"]["hierarchical_swap_limit"] = metrics["memory"].pop("hierarchical_memsw_limit")
+        return _prune(metrics)
+
+    # --- removal ------------------------------------------------------------------------
+    def delete(self, rel: str, wait: float = 2.0) -> None:
+        deadline = time.monotonic() + wait
+        for directory in self.dirs(rel).values():
+            for dirpath, _, _ in sorted(os.walk(directory), key=lambda w: -w[0].count("/")):
+                while True:
+                    try:
+                        os.rmdir(dirpath)
+                        break
+                    except FileNotFoundError:
+                        break
+                    except OSError as err:
+                        if time.monotonic() > deadline:
+                            log.warning("cgroup not removed", path=dirpath, error=err.strerror)
+                            break
+                        time.sleep(0.01)
+
+    def teardown(self) -> None:
+        """Local mode: move the agent back where it came from and remove the whole subtree."""
+        for controller, home in self._agent_home.items():
+            try:
+                _write(os.path.join(home, "cgroup.procs"), str(os.getpid()))
+            except hr.GcsError as err:
+                log.warning("could not move the agent back", error=str(err))
+        if self.base:
+            self.delete("/", wait=2.0)
+
+
+def _prune(value):
+    if isinstance(value, dict):
+        out = {k: _prune(v) for k, v in value.items()}
+        return {k: v for k, v in out.items() if v not in (0, {}, [], None, "")}
+    if isinstance(value, list):
+        return value if any(value) else []
+    return value
+
+
+def _cgroup_mounts() -> dict[str, str]:
+    mounts: dict[str, str] = {}
+    try:
+        with open("/proc/self/mountinfo") as f:
+            lines = f.readlines()
+    except OSError:
+        return mounts
+    for line in lines:
+        head, _, tail = line.partition(" - ")
+        fields, tail_fields = head.split(), tail.split()
+        if len(tail_fields) < 3:
+            continue
+        fstype, options = tail_fields[0], tail_fields[2].split(",")
+        if fstype == "cgroup2" and fields[4] == ROOT:
+            mounts[""] = fields[4]
+        elif fstype == "cgroup":
+            for controller in V1_CONTROLLERS:
+                if controller in options:
+                    mounts.setdefault(controller, fields[4])
+    return mounts
+
+
+def _own_cgroup_dir(mount: str, controller: str) -> str:
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if (controller and controller in controllers.split(",")) or (not controller and controllers == ""):
+            return os.path.join(mount, path.lstrip("/"))
+    return mount
+
+
+def own_cgroup(controller: str = "memory") -> str:
+    """The agent's own cgroup path (relative to its hierarchy), for a local-mode base."""
+    for line in _read("/proc/self/cgroup").splitlines():
+        _, controllers, path = line.split(":", 2)
+        if controller in controllers.split(",") or controllers == "":
+            return path
+    return "/"
+
+
+def _inherit_cpuset(directory: str) -> None:
+    """v1 cpuset cgroups start empty; copy the nearest configured ancestor's sets."""
+    for key in ("cpuset.cpus", "cpuset.mems"):
+        parent = os.path.dirname(directory)
+        value = ""
+        while parent and parent != "/" and not value:
+            value = _read(os.path.join(parent, key))
+            if not value:
+                parent = os.path.dirname(parent)
+        chain = []
+        d = directory
+        while d != parent and d.startswith(parent):
+            chain.append(d)
+            d = os.path.dirname(d)
+        for d in reversed(chain):
+            if not _read(os.path.join(d, key)):
+                _write(os.path.join(d, key), value)
