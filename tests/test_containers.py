@@ -250,3 +250,38 @@ def test_pids_limit(host):
     assert b"can't fork" in err
     host.notification()
     host.remove("pl")
+
+
+def test_pod_workload_joins_the_sandbox(host):
+    import json
+    sb_root = host.layers("sb", ["/run/layers/p0"])
+    sb_spec = default_spec(["sleep", "60"], sb_root)
+    sb_spec["hostname"] = "podhost"
+    sb_spec["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": "sb"}
+    host.create("sb", sb_spec)
+    sb_init = host.start("sb", stdout=False, stderr=False)
+    wl_root = host.layers("wl", ["/run/layers/p0"])
+    wl_spec = default_spec(["sh", "-c", "hostname; cat /etc/hostname; echo /proc/[0-9]*; cat /proc/1/cmdline"], wl_root)
+    wl_spec.pop("hostname")
+    wl_spec["annotations"] = {"io.kubernetes.cri.container-type": "container", "io.kubernetes.cri.sandbox-id": "sb"}
+    wl_spec["linux"]["namespaces"] = [{"type": t, "path": f"/proc/{sb_init.pid}/ns/{f}"}
+                                      for t, f in (("pid", "pid"), ("ipc", "ipc"), ("uts", "uts"), ("network", "net"))]
+    wl_spec["linux"]["namespaces"].append({"type": "mount"})
+    host.create("wl", wl_spec)
+    out, err, code = host.start("wl").communicate()
+    assert code == 0, err
+    lines = out.decode().split("\n")
+    assert lines[0] == "podhost" and lines[1] == "podhost"  # the sandbox's uts ns and hostname file
+    assert lines[2].split()[0] == "/proc/1" and len(lines[2].split()) >= 2  # the sandbox's pid ns
+    assert lines[3].startswith("sleep")
+    assert host.notification()["ContainerId"] == "wl"
+    props = host.bridge.call(RequestId.GET_PROPERTIES, container_id="sb", Query='{"PropertyTypes":["ProcessList"]}')
+    assert [p["ProcessId"] for p in json.loads(props["Properties"])["ProcessList"]] == [sb_init.pid]
+    host.remove("wl")
+    sb_init.kill()
+    assert sb_init.wait() == 137
+    assert host.notification()["ContainerId"] == "sb"
+    host.remove("sb")
+    with pytest.raises(RpcError) as info:  # a workload needs its sandbox
+        host.create("orphan", dict(wl_spec, root={"path": host.layers("orphan", ["/run/layers/p0"])}))
+    assert info.value.hresult == hr.SYSTEM_NOT_FOUND
