@@ -108,9 +108,15 @@ class Agent:
             self._storage.teardown()
 
     def warm_up(self) -> None:
-        """Load what later requests need, once NegotiateProtocol has been answered."""
+        """Load what later requests need, once NegotiateProtocol has been answered. In a UVM
+        (no local-mode cgroup base) this also sets up /gcs and /pods, protecting the agent."""
         self.processes
         import gcs.protocol.messages  # noqa: F401
+        if not self.cgroup_base and self._containers is None:
+            try:
+                self.containers
+            except Exception as err:  # noqa: BLE001 - a UVM without cgroups still serves processes
+                log.error("cgroup setup failed", error=str(err))
 
     async def handle(self, incoming: IncomingRequest) -> dict[str, Any]:
         req = incoming.request
