@@ -71,6 +71,10 @@ def variants(root):
     s["mounts"].append({"destination": "/scratch", "type": "tmpfs", "source": "tmpfs",
                         "options": ["nosuid", "noexec", "mode=700", "size=1m"]})
     out["filesystem"] = s
+    s = copy.deepcopy(base)
+    s["process"]["terminal"] = True
+    s["process"]["args"] = ["sh", "-c", "tty; " + OBSERVE]
+    out["terminal"] = s
     return out
 
 
@@ -100,14 +104,14 @@ def observations(tmp_path_factory):
                 out, err, code = host.start(cid).communicate()
                 host.notification()
                 host.remove(cid)
-                results[runtime][name] = (code, out.decode(), err.decode())
+                results[runtime][name] = (code, out.decode().replace("\r\n", "\n"), err.decode())
         finally:
             uvm.stop()
             loops.detach_all()
     return results
 
 
-@pytest.mark.parametrize("variant", ["default", "user", "username", "caps", "limits", "filesystem"])
+@pytest.mark.parametrize("variant", ["default", "user", "username", "caps", "limits", "filesystem", "terminal"])
 def test_native_matches_runc(observations, variant):
     native_code, native, native_err = observations["native"][variant]
     runc_code, runc, runc_err = observations["runc"][variant]
@@ -133,3 +137,4 @@ def test_observations_are_meaningful(observations):
     assert "path:/custom regular file" in runc["default"]
     assert "dev:crw-r----- 5 6 1,3 mine" in runc["filesystem"]
     assert "mount:/mnt/data ext4 ro,nosuid,nodev" in runc["filesystem"]
+    assert runc["terminal"].startswith("/dev/pts/0\n") and "mount:/dev/console devpts" in runc["terminal"]

@@ -141,6 +141,13 @@ def test_bad_container_input(host):
         with pytest.raises(RpcError) as info:
             host.create(bad, default_spec(["true"], root))
         assert info.value.hresult == hr.E_INVALIDARG, bad
+    with pytest.raises(RpcError) as info:
+        host.create("evil", default_spec(["true"], root), bundle="/etc/evil")
+    assert info.value.hresult == hr.E_INVALIDARG and "/etc/evil" in str(info.value)
+    assert not os.path.exists("/etc/evil")
+    with pytest.raises(RpcError) as info:
+        host.create("evil2", default_spec(["true"], "/run/gcs/c/good/rootfs/../../../../etc"))
+    assert info.value.hresult == hr.E_INVALIDARG
     host.create("good", default_spec(["true"], root))
     with pytest.raises(RpcError) as info:
         host.create("good", default_spec(["true"], root))

@@ -123,8 +123,11 @@ class Containers:
             raise hr.GcsError(hr.INVALID_JSON, "Create: SchemaVersion below 2.1 or missing")
         bundle, scratch = config.str("OciBundlePath"), config.str("ScratchDirPath")
         spec_obj = config.obj("OciSpecification")
-        if not bundle or not bundle.startswith("/") or spec_obj is None:
-            raise hr.GcsError(hr.E_INVALIDARG, "Create: OciBundlePath (absolute) and OciSpecification are required")
+        if not bundle or spec_obj is None:
+            raise hr.GcsError(hr.E_INVALIDARG, "Create: OciBundlePath and OciSpecification are required")
+        from gcs.storage import guestpaths  # the bundle and scratch are created and later removed
+        bundle = guestpaths.check(bundle, "Create OciBundlePath")
+        scratch = guestpaths.check(scratch, "Create ScratchDirPath") if scratch else ""
         spec = copy.deepcopy(spec_obj.data)
         c = Container(cid, activity_id, bundle, scratch, spec, kind="standalone")
         self.containers[cid] = c
@@ -153,6 +156,8 @@ class Containers:
         c.own_pid_namespace = any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
         root = (spec.get("root") or {}).get("path") or ""
         rootfs = root if root.startswith("/") else os.path.join(c.bundle, root or "rootfs")
+        from gcs.storage import guestpaths
+        rootfs = guestpaths.check(rootfs, "OciSpecification root.path")
         if not os.path.isdir(rootfs):
             raise hr.GcsError(hr.E_FAIL, f"container rootfs {rootfs} does not exist")
         spec.setdefault("root", {})["path"] = rootfs
