@@ -168,6 +168,8 @@ def test_bad_container_input(host):
     assert info.value.hresult == hr.E_INVALIDARG and "ghost" in str(info.value)
     stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "containers: 1" in stacks  # only "good" was created
+    out, _, _ = host.uvm.client.run(["sh", "-c", "ls /run/gcs/c/seccomp /run/gcs/c/nouser 2>&1; ls /run/gcs/c"])
+    assert b"config.json" not in out and b"hostname" not in out  # failed Creates left no files
 
 
 def test_missing_binary_reports_and_cleans_up(host):

@@ -131,12 +131,14 @@ class Containers:
         spec = copy.deepcopy(spec_obj.data)
         c = Container(cid, activity_id, bundle, scratch, spec, kind="standalone")
         self.containers[cid] = c
+        bundle_existed = os.path.isdir(bundle)
         try:
             await self._create(c)
         except BaseException:
             del self.containers[cid]
             if c.init_stdio is not None:
                 c.init_stdio.close()
+            _remove_bundle_files(bundle, remove_dir=not bundle_existed)  # a failed Create leaves nothing
             raise
         c.state = CREATED
         log.info("created container", container=cid, kind=c.kind, init_pid=c.init_handle.pid)
@@ -423,11 +425,7 @@ class Containers:
             if path and os.path.isdir(path) and not _is_mountpoint(path):
                 shutil.rmtree(path, ignore_errors=True)
             elif path == c.bundle:
-                for name in ("config.json", *hostfiles.FILES):
-                    try:
-                        os.unlink(os.path.join(path, name))
-                    except OSError:
-                        pass
+                _remove_bundle_files(path, remove_dir=False)
         del self.containers[cid]
         log.info("deleted container", container=cid)
         if errors:
@@ -514,6 +512,19 @@ def _kill(pid: int, signum: int) -> bool:
         return True
     except ProcessLookupError:
         return False
+
+
+def _remove_bundle_files(bundle: str, remove_dir: bool) -> None:
+    for name in ("config.json", *hostfiles.FILES):
+        try:
+            os.unlink(os.path.join(bundle, name))
+        except OSError:
+            pass
+    if remove_dir:
+        try:
+            os.rmdir(bundle)
+        except OSError:
+            pass
 
 
 def _is_mountpoint(path: str) -> bool:
