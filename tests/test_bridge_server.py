@@ -1,7 +1,6 @@
 """The bridge IO layer in-process, over socketpairs: notification queueing, replies that
 outlive their connection, redial, and a writer facing a peer that stops reading."""
 import json
-import os
 import socket
 import struct
 

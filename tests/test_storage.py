@@ -1,7 +1,6 @@
 """Storage through the bridge of a real local-mode agent: pmem layers and SCSI disks on
 real loop devices with real ext4 images, overlay rootfs, reference counts, bad input."""
 import os
-import socket
 import subprocess
 
 import pytest

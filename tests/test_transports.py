@@ -2,7 +2,6 @@
 --bridge-stdio. (AF_VSOCK is only ever used inside a VM.)"""
 import os
 import signal
-import socket
 import subprocess
 
 import pytest
