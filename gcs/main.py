@@ -111,10 +111,19 @@ def main(argv: list[str] | None = None) -> None:
 
     log.info("gcs started", pid=os.getpid(), transport=transport.name, local=opts.local,
              bridge="stdio" if opts.bridge_stdio else ("listen" if opts.bridge_listen is not None else "dial"))
+    profile_path = os.environ.get("GCS_PROFILE")  # development aid: cProfile stats of the agent
+    profiler = None
+    if profile_path:
+        import cProfile
+        profiler = cProfile.Profile()
+        profiler.enable()
     try:
         loop.run_until_complete(bridge.run())
     except EOFError:
         pass
+    if profiler is not None:
+        profiler.disable()
+        profiler.dump_stats(profile_path)
     agent.teardown()
     kind = shutdown_kind[0] if shutdown_kind else "bridge closed"
     log.info("gcs exiting", reason=kind)
