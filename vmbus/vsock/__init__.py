@@ -1,0 +1,1 @@
+"""virtio-vsock for the vhost-user backend: packets, connections, credit."""
