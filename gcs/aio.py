@@ -211,6 +211,7 @@ class Loop:
         self._signal_handlers: dict[int, Callable[[int], None]] = {}
         self._signal_rfd = -1
         self.on_orphan_exception: Callable[[Task, BaseException], None] = _print_orphan
+        self._main: Optional[Task] = None  # run_until_complete's task: its caller gets the error
 
     # --- scheduling -------------------------------------------------------------------
     def call_soon(self, cb: Callable, *args: Any) -> None:
@@ -224,7 +225,7 @@ class Loop:
     def report_orphan_exception(self, task: Task, err: BaseException) -> None:
         # Deferred: a caller that awaits the task right after it failed is not an orphan.
         def check() -> None:
-            if not task._callbacks:
+            if not task._callbacks and task is not self._main:
                 self.on_orphan_exception(task, err)
         self.call_soon(check)
 
@@ -349,6 +350,8 @@ class Loop:
 
     def run_until_complete(self, aw: Awaitable) -> Any:
         task = aw if isinstance(aw, Future) else Task(aw)  # type: ignore[arg-type]
+        if isinstance(task, Task):
+            self._main = task
         task.add_done_callback(lambda _f: self.stop())
         self.run_forever()
         return task.result()

@@ -100,11 +100,24 @@ class VhostUserBackend:
                 break
             payload = bytes(self._buf[HEADER.size:HEADER.size + size])
             del self._buf[:HEADER.size + size]
-            fds, self._fds = self._fds, []  # fds arrive with the message they belong to
-            messages.append(Message(request, flags, payload, fds))
+            messages.append(Message(request, flags, payload))
         for msg in messages:
+            # A stream read may carry several messages and their fds together: each message
+            # that takes fds takes them, in order, from what has arrived.
+            msg.fds = self._take_fds(msg)
             self._handle(msg)
         return messages
+
+    def _take_fds(self, msg: Message) -> list[int]:
+        wanted = 0
+        if msg.request == SET_MEM_TABLE and len(msg.payload) >= 4:
+            wanted = struct.unpack_from("<I", msg.payload)[0]
+        elif msg.request in (SET_VRING_KICK, SET_VRING_CALL, SET_VRING_ERR) and len(msg.payload) >= 8:
+            wanted = 0 if struct.unpack_from("<Q", msg.payload)[0] & VRING_NOFD_MASK else 1
+        if wanted > len(self._fds):
+            raise VhostUserError(f"message {msg.request} needs {wanted} fds, {len(self._fds)} arrived")
+        taken, self._fds = self._fds[:wanted], self._fds[wanted:]
+        return taken
 
     def replies(self) -> list[tuple[bytes, list[int]]]:
         out, self._out = self._out, []
