@@ -2,7 +2,6 @@
 both ways, data both ways with credit, refused connections, malformed descriptors, and the
 front-end going away."""
 import os
-import socket
 import subprocess
 import sys
 import time
