@@ -29,6 +29,7 @@ from vmbus.vsock.connections import Close, Connect, HalfClose, VsockDevice, Writ
 from vmbus.vsock.packet import HEADER_SIZE, OP_RESPONSE, OP_RST, Packet, PacketError
 
 RX, TX = 0, 1
+_SHUT = object()  # queued half-close marker
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -43,6 +44,7 @@ class VsockBackend:
         self.pending_rx: deque[Packet] = deque()
         self.host_socks: dict[tuple[int, int], socket.socket] = {}
         self.readers: dict[tuple[int, int], aio.Task] = {}
+        self.writers: dict[tuple[int, int], aio.Queue] = {}  # one ordered writer per connection
         self.host_waiters: dict[tuple[int, int], aio.Future] = {}
         self.stats = {"rx_packets": 0, "tx_packets": 0, "bad_chains": 0, "bad_packets": 0}
 
@@ -156,16 +158,13 @@ class VsockBackend:
         if isinstance(action, Connect):
             aio.spawn(self._connect_host(action.key, action.port), f"vsock-connect-{action.port}")
         elif isinstance(action, Write):
-            sock = self.host_socks.get(action.key)
-            if sock is not None:
-                aio.spawn(self._write_host(action.key, sock, action.data), "vsock-write")
+            queue = self.writers.get(action.key)
+            if queue is not None:
+                queue.put(action.data)
         elif isinstance(action, HalfClose):
-            sock = self.host_socks.get(action.key)
-            if sock is not None:
-                try:
-                    sock.shutdown(socket.SHUT_WR)
-                except OSError:
-                    pass
+            queue = self.writers.get(action.key)
+            if queue is not None:
+                queue.put(_SHUT)  # after everything already queued
         elif isinstance(action, Close):
             self._close_host(action.key)
             waiter = self.host_waiters.pop(action.key, None)
@@ -181,20 +180,37 @@ class VsockBackend:
             self.device.host_refused(key)
             self._flush_rx()
             return
-        self.host_socks[key] = sock
+        self._attach(key, sock)
         self.device.host_connected(key)
-        self.readers[key] = aio.spawn(self._read_host(key, sock), f"vsock-read-{port}")
         self._flush_rx()
 
-    async def _write_host(self, key: tuple[int, int], sock: socket.socket, data: bytes) -> None:
-        try:
-            await aio.sock_sendall(sock, data)
-        except OSError:
-            self.device.host_closed(key)
-            self._close_host(key)
-        else:
+    def _attach(self, key: tuple[int, int], sock: socket.socket) -> None:
+        self.host_socks[key] = sock
+        queue = self.writers[key] = aio.Queue()
+        self.readers[key] = aio.spawn(self._read_host(key, sock), "vsock-read")
+        aio.spawn(self._write_host(key, sock, queue), "vsock-write")
+
+    async def _write_host(self, key: tuple[int, int], sock: socket.socket, queue: aio.Queue) -> None:
+        """Guest bytes to the host socket, strictly in order; credit goes back as they land."""
+        while True:
+            data = await queue.get()
+            if data is None:
+                return
+            if data is _SHUT:
+                try:
+                    sock.shutdown(socket.SHUT_WR)
+                except OSError:
+                    pass
+                continue
+            try:
+                await aio.sock_sendall(sock, data)
+            except OSError:
+                self.device.host_closed(key)
+                self._close_host(key)
+                self._flush_rx()
+                return
             self.device.host_written(key, len(data))
-        self._flush_rx()
+            self._flush_rx()
 
     async def _read_host(self, key: tuple[int, int], sock: socket.socket) -> None:
         while key in self.host_socks:
@@ -217,6 +233,9 @@ class VsockBackend:
 
     def _close_host(self, key: tuple[int, int]) -> None:
         sock = self.host_socks.pop(key, None)
+        queue = self.writers.pop(key, None)
+        if queue is not None:
+            queue.put(None)
         reader = self.readers.pop(key, None)
         if reader is not None:
             reader.cancel()
@@ -287,8 +306,7 @@ class VsockBackend:
             conn.close()
             return
         await aio.sock_sendall(conn, f"OK {key[1]}\n".encode())
-        self.host_socks[key] = conn
-        self.readers[key] = aio.spawn(self._read_host(key, conn), "vsock-read")
+        self._attach(key, conn)
 
     def on_guest_response(self, pkt: Packet) -> None:
         waiter = self.host_waiters.pop(pkt.key(), None)

@@ -1,0 +1,56 @@
+"""The test guest's program: exercises AF_VSOCK against the host through the device under
+test and reports on the console.
+
+    guest_vsock.py connect PORT TEXT      connect to the host's PORT, send TEXT, print the reply
+    guest_vsock.py bulk PORT MIB          send MIB MiB, half-close, print the reply (host's sha256)
+    guest_vsock.py listen PORT            accept one connection on PORT and echo it
+"""
+import socket
+import sys
+
+HOST = 2
+
+
+def main(argv):
+    mode, port = argv[0], int(argv[1])
+    if mode == "listen":
+        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        srv.bind((socket.VMADDR_CID_ANY, port))
+        srv.listen(1)
+        print("guest: listening", flush=True)
+        conn, _ = srv.accept()
+        while True:
+            data = conn.recv(65536)
+            if not data:
+                break
+            conn.sendall(data)
+        conn.close()
+        print("guest: echo done", flush=True)
+        return 0
+    sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    try:
+        sock.connect((HOST, port))
+    except OSError as err:
+        print(f"guest: connect failed: {err.strerror}", flush=True)
+        return 1
+    if mode == "connect":
+        sock.sendall(argv[2].encode())
+        sock.shutdown(socket.SHUT_WR)
+    elif mode == "bulk":
+        chunk = bytes(range(256)) * 256  # 64 KiB; the host checks the sha256 of the whole stream
+        for _ in range(int(argv[2]) * 16):
+            sock.sendall(chunk)
+        sock.shutdown(socket.SHUT_WR)
+        print("guest: sent", flush=True)
+    reply = b""
+    while True:
+        data = sock.recv(65536)
+        if not data:
+            break
+        reply += data
+    print(f"guest: reply {reply.decode(errors='replace')}", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
