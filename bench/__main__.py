@@ -264,6 +264,92 @@ def bench_containers(tmp: str, runs: int = 30, execs: int = 100) -> None:
     report("  native speed-up over runc", runc["exec"] / native["exec"], "x", "-", "-")
 
 
+def bench_vsock(tmp: str, mib: int = 32) -> None:
+    """The vhost-user-vsock back-end with the real guest driver, under TCG (QEMU, no KVM here)."""
+    import hashlib
+    import re
+    import shutil
+    import threading
+
+    from gcs.host.testguest import boot, build_image
+    from vmbus.hybrid import host_connect, host_listen
+
+    if not shutil.which("qemu-system-x86_64"):
+        print("  vsock: qemu-system-x86_64 not installed, skipped", file=sys.stderr)
+        return
+    image = build_image()
+    # guest -> host: the host side times the stream
+    d = os.path.join(tmp, "vs1")
+    os.makedirs(d)
+    listener = host_listen(os.path.join(d, "vsock"), 5000)
+    timing: dict[str, float] = {}
+
+    def sink() -> None:
+        conn, _ = listener.accept()
+        total, t0 = 0, None
+        while chunk := conn.recv(1 << 20):
+            t0 = t0 or time.perf_counter()
+            total += len(chunk)
+        timing["g2h"] = total / (time.perf_counter() - t0) / 1e6
+        conn.sendall(hashlib.sha256(b"").hexdigest().encode())
+        conn.close()
+
+    threading.Thread(target=sink, daemon=True).start()
+    out, _, log = boot(image, d, f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}", timeout=600, cpu_report=True)
+    listener.close()
+    cpu = re.search(r"BACKEND_CPU ([0-9.]+) ([0-9.]+) ([0-9.]+)", log)
+    if "g2h" in timing:
+        report(f"vsock guest->host throughput ({mib} MiB, TCG)", timing["g2h"], "MB/s", "-", "-")
+    if cpu:
+        busy = (float(cpu.group(1)) + float(cpu.group(2))) / float(cpu.group(3)) * 100
+        report("  back-end CPU over the whole guest run", busy, "% of a core", "< 50%", "-")
+    # host -> guest
+    d = os.path.join(tmp, "vs2")
+    os.makedirs(d)
+
+    def source() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            try:
+                sock = host_connect(os.path.join(d, "vsock"), 6000, timeout=1)
+            except OSError:
+                time.sleep(0.2)
+                continue
+            chunk = bytes(1 << 20)
+            t0 = time.perf_counter()
+            for _ in range(mib):
+                sock.sendall(chunk)
+            sock.shutdown(1)
+            sock.recv(1)
+            timing["h2g"] = mib * (1 << 20) / (time.perf_counter() - t0) / 1e6
+            sock.close()
+            return
+
+    threading.Thread(target=source, daemon=True).start()
+    out, _, _ = boot(image, d, "python3 /opt/pygcs/guest_vsock.py sink 6000", timeout=600)
+    if "h2g" in timing:
+        report(f"vsock host->guest throughput ({mib} MiB, TCG)", timing["h2g"], "MB/s", "-", "-")
+    # connect latency, measured in the guest
+    d = os.path.join(tmp, "vs3")
+    os.makedirs(d)
+    listener = host_listen(os.path.join(d, "vsock"), 5001, backlog=64)
+
+    def accept_all() -> None:
+        while True:
+            try:
+                conn, _ = listener.accept()
+            except OSError:
+                return
+            conn.close()
+
+    threading.Thread(target=accept_all, daemon=True).start()
+    out, _, _ = boot(image, d, "python3 /opt/pygcs/guest_vsock.py latency 5001 50")
+    listener.close()
+    match = re.search(r"connect median ([0-9.]+) ms", out)
+    if match:
+        report("vsock guest connect latency (TCG)", float(match.group(1)), "ms", "-", "-")
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
@@ -283,6 +369,7 @@ def main() -> int:
             agent.stop()
         bench_storage(tmp)
         bench_containers(tmp)
+        bench_vsock(tmp)
     width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
              for i in range(4)]
     header = ("measure", "pygcs", "target", "Go GCS (reference)")

@@ -4,15 +4,45 @@ test and reports on the console.
     guest_vsock.py connect PORT TEXT      connect to the host's PORT, send TEXT, print the reply
     guest_vsock.py bulk PORT MIB          send MIB MiB, half-close, print the reply (host's sha256)
     guest_vsock.py listen PORT            accept one connection on PORT and echo it
+    guest_vsock.py sink PORT              accept one connection on PORT, count bytes to EOF
+    guest_vsock.py latency PORT N         connect+close N times, print the median in ms
 """
 import socket
+import statistics
 import sys
+import time
 
 HOST = 2
 
 
 def main(argv):
     mode, port = argv[0], int(argv[1])
+    if mode == "latency":
+        samples = []
+        for _ in range(int(argv[2])):
+            t0 = time.perf_counter()
+            sock = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            sock.connect((HOST, port))
+            samples.append(time.perf_counter() - t0)
+            sock.close()
+        print(f"guest: connect median {statistics.median(samples) * 1000:.2f} ms", flush=True)
+        return 0
+    if mode == "sink":
+        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        srv.bind((socket.VMADDR_CID_ANY, port))
+        srv.listen(1)
+        print("guest: listening", flush=True)
+        conn, _ = srv.accept()
+        total, t0 = 0, time.perf_counter()
+        buf = bytearray(1 << 16)
+        while True:
+            n = conn.recv_into(buf)
+            if not n:
+                break
+            total += n
+        print(f"guest: received {total} bytes in {time.perf_counter() - t0:.2f} s", flush=True)
+        conn.close()
+        return 0
     if mode == "listen":
         srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
         srv.bind((socket.VMADDR_CID_ANY, port))

@@ -2,53 +2,17 @@
 and a small initrd (initrd/build.py) booted by QEMU under TCG with `vhost-user-vsock-pci`."""
 import hashlib
 import os
-import subprocess
-import sys
 import threading
 import time
 
 import pytest
 
-from gcs.host.launcher import REPO_ROOT, agent_env
+from gcs.host.testguest import boot, build_image
 from vmbus.hybrid import host_connect, host_listen
-
-IMAGE = os.path.join(REPO_ROOT, "build", "uvm")
-
 
 @pytest.fixture(scope="module")
 def image():
-    subprocess.run([sys.executable, os.path.join(REPO_ROOT, "initrd", "build.py"), "--out", IMAGE], check=True,
-                   capture_output=True, timeout=600)
-    return IMAGE
-
-
-def boot(image, tmp, command, timeout=120):
-    """Boot the test guest running `command`; returns (console output, backend rc, backend stderr)."""
-    sock, uds = os.path.join(tmp, "vhu.sock"), os.path.join(tmp, "vsock")
-    errlog = open(os.path.join(tmp, "backend.log"), "wb")
-    backend = subprocess.Popen([sys.executable, "-m", "vmbus.vhost_user_vsock", "--socket", sock, "--uds-path", uds,
-                                "--guest-cid", "3"], env=agent_env(), stderr=errlog)
-    try:
-        deadline = time.monotonic() + 10
-        while not os.path.exists(sock):
-            assert time.monotonic() < deadline and backend.poll() is None, "backend did not start"
-            time.sleep(0.01)
-        out = subprocess.run(
-            ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35,memory-backend=mem",
-             "-bios", "/usr/share/qemu/qboot.rom", "-smp", "1", "-m", "512M",
-             "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-nodefaults", "-no-user-config",
-             "-nographic", "-serial", "stdio", "-no-reboot", "-chardev", f"socket,id=c,path={sock}",
-             "-device", "vhost-user-vsock-pci,chardev=c", "-kernel", os.path.join(image, "vmlinux"),
-             "-initrd", os.path.join(image, "initrd.cpio"),
-             "-append", f"console=ttyS0 quiet panic=-1 mitigations=off -- {command}"],
-            capture_output=True, text=True, timeout=timeout).stdout
-        code = backend.wait(10)
-    finally:
-        if backend.poll() is None:
-            backend.kill()
-            backend.wait()
-        errlog.close()
-    return out, code, open(os.path.join(tmp, "backend.log")).read()
+    return build_image()
 
 
 def serve_once(listener, handler):
