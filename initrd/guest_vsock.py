@@ -6,6 +6,8 @@ test and reports on the console.
     guest_vsock.py listen PORT            accept one connection on PORT and echo it
     guest_vsock.py sink PORT              accept one connection on PORT, count bytes to EOF
     guest_vsock.py latency PORT N         connect+close N times, print the median in ms
+    guest_vsock.py parallel PORT N        N connections at once, each sends and reads back its own text
+    guest_vsock.py killmid PORT           a child streams and is SIGKILLed mid-stream; then connect again
 """
 import socket
 import statistics
@@ -17,6 +19,47 @@ HOST = 2
 
 def main(argv):
     mode, port = argv[0], int(argv[1])
+    if mode == "parallel":
+        count = int(argv[2])
+        socks = []
+        for _ in range(count):
+            s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            s.connect((HOST, port))
+            socks.append(s)
+        for i, s in enumerate(socks):
+            s.sendall(f"conn {i}".encode())
+            s.shutdown(socket.SHUT_WR)
+        ok = 0
+        for i, s in enumerate(socks):
+            reply = b""
+            while True:
+                data = s.recv(4096)
+                if not data:
+                    break
+                reply += data
+            ok += reply == f"echo conn {i}".encode()
+            s.close()
+        print(f"guest: parallel ok {ok}/{count}", flush=True)
+        return 0
+    if mode == "killmid":
+        import os
+        import signal
+        child = os.fork()
+        if child == 0:
+            s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+            s.connect((HOST, port))
+            chunk = bytes(65536)
+            while True:
+                s.sendall(chunk)
+        time.sleep(1.5)
+        os.kill(child, signal.SIGKILL)
+        os.waitpid(child, 0)
+        s = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+        s.connect((HOST, port))
+        s.sendall(b"after")
+        s.shutdown(socket.SHUT_WR)
+        print(f"guest: reply {s.recv(100).decode()}", flush=True)
+        return 0
     if mode == "latency":
         samples = []
         for _ in range(int(argv[2])):

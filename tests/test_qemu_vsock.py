@@ -96,3 +96,69 @@ def test_bulk_guest_to_host_checksum(image, tmp_path):
     for _ in range(mib * 16):
         expected.update(chunk)
     assert f"guest: reply {expected.hexdigest()}" in out, out
+
+
+def test_parallel_connections(image, tmp_path):
+    count = 64
+    listener = host_listen(str(tmp_path / "vsock"), 5000, backlog=count)
+
+    def accept_all():
+        for _ in range(count):
+            conn, _ = listener.accept()
+            threading.Thread(target=echo_prefixed, args=(conn,), daemon=True).start()
+
+    def echo_prefixed(conn):
+        data = b""
+        while chunk := conn.recv(4096):
+            data += chunk
+        conn.sendall(b"echo " + data)
+        conn.close()
+
+    threading.Thread(target=accept_all, daemon=True).start()
+    out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py parallel 5000 {count}")
+    listener.close()
+    assert f"guest: parallel ok {count}/{count}" in out, out
+
+
+def test_stalled_host_reader_loses_nothing(image, tmp_path):
+    mib = 8
+    listener = host_listen(str(tmp_path / "vsock"), 5000)
+
+    def slow(conn):
+        time.sleep(3)  # the guest runs out of credit and waits
+        h = hashlib.sha256()
+        while chunk := conn.recv(1 << 20):
+            h.update(chunk)
+        conn.sendall(h.hexdigest().encode())
+
+    serve_once(listener, slow)
+    out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}")
+    listener.close()
+    expected = hashlib.sha256()
+    chunk = bytes(range(256)) * 256
+    for _ in range(mib * 16):
+        expected.update(chunk)
+    assert f"guest: reply {expected.hexdigest()}" in out, out
+
+
+def test_guest_process_killed_mid_stream(image, tmp_path):
+    listener = host_listen(str(tmp_path / "vsock"), 5000, backlog=4)
+
+    def serve():
+        first, _ = listener.accept()
+        try:
+            while first.recv(1 << 20):
+                pass  # until the killed process's connection is reset or closed
+        except OSError:
+            pass
+        first.close()
+        second, _ = listener.accept()
+        data = second.recv(100)
+        second.sendall(b"host saw " + data)
+        second.close()
+
+    threading.Thread(target=serve, daemon=True).start()
+    out, code, err = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py killmid 5000")
+    listener.close()
+    assert "guest: reply host saw after" in out, out
+    assert "Traceback" not in err
