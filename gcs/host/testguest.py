@@ -35,20 +35,22 @@ def start_backend(tmp: str, cpu_report: bool = False) -> subprocess.Popen:
     return proc
 
 
+def qemu_argv(image: str, tmp: str, command: str) -> list[str]:
+    return ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35,memory-backend=mem",
+            "-bios", "/usr/share/qemu/qboot.rom", "-smp", "1", "-m", "512M",
+            "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-nodefaults", "-no-user-config",
+            "-nographic", "-serial", "stdio", "-no-reboot",
+            "-chardev", f"socket,id=c,path={os.path.join(tmp, 'vhu.sock')}",
+            "-device", "vhost-user-vsock-pci,chardev=c", "-kernel", os.path.join(image, "vmlinux"),
+            "-initrd", os.path.join(image, "initrd.cpio"),
+            "-append", f"console=ttyS0 quiet panic=-1 mitigations=off -- {command}"]
+
+
 def boot(image: str, tmp: str, command: str, timeout: float = 120, cpu_report: bool = False):
     """Boot the guest running `command`; returns (console output, back-end rc, back-end log)."""
     backend = start_backend(tmp, cpu_report)
     try:
-        out = subprocess.run(
-            ["qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-machine", "q35,memory-backend=mem",
-             "-bios", "/usr/share/qemu/qboot.rom", "-smp", "1", "-m", "512M",
-             "-object", "memory-backend-memfd,id=mem,size=512M,share=on", "-nodefaults", "-no-user-config",
-             "-nographic", "-serial", "stdio", "-no-reboot",
-             "-chardev", f"socket,id=c,path={os.path.join(tmp, 'vhu.sock')}",
-             "-device", "vhost-user-vsock-pci,chardev=c", "-kernel", os.path.join(image, "vmlinux"),
-             "-initrd", os.path.join(image, "initrd.cpio"),
-             "-append", f"console=ttyS0 quiet panic=-1 mitigations=off -- {command}"],
-            capture_output=True, text=True, timeout=timeout).stdout
+        out = subprocess.run(qemu_argv(image, tmp, command), capture_output=True, text=True, timeout=timeout).stdout
         code = backend.wait(10)
     finally:
         if backend.poll() is None:
