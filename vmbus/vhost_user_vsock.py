@@ -45,6 +45,7 @@ class VsockBackend:
         self.host_socks: dict[tuple[int, int], socket.socket] = {}
         self.readers: dict[tuple[int, int], aio.Task] = {}
         self.writers: dict[tuple[int, int], aio.Queue] = {}  # one ordered writer per connection
+        self.credit_events: dict[tuple[int, int], aio.Event] = {}  # set when the guest reports credit
         self.host_waiters: dict[tuple[int, int], aio.Future] = {}
         self.stats = {"rx_packets": 0, "tx_packets": 0, "bad_chains": 0, "bad_packets": 0}
 
@@ -143,6 +144,9 @@ class VsockBackend:
                 actions = self.device.on_guest_packet(pkt)
                 if pkt.op in (OP_RESPONSE, OP_RST):
                     self.on_guest_response(pkt)  # a host-initiated connect learns its fate
+                event = self.credit_events.get(pkt.key())
+                if event is not None:
+                    event.set()  # every guest packet carries its current credit
             except (PacketError, GuestMemoryError) as err:
                 self.stats["bad_packets"] += 1
                 log.warning("vsock: bad packet from the guest", error=str(err))
@@ -213,12 +217,15 @@ class VsockBackend:
             self._flush_rx()
 
     async def _read_host(self, key: tuple[int, int], sock: socket.socket) -> None:
+        event = self.credit_events[key] = aio.Event()
         while key in self.host_socks:
             credit = self.device.host_credit(key)
             if credit == 0:
-                self.device.host_data(key, b"x")  # asks the guest for credit (nothing is sent)
+                # Out of credit: ask the guest, then wait for its next packet (no polling).
+                event.clear()
+                self.device.host_data(key, b"x")  # queues a CREDIT_REQUEST, sends no data
                 self._flush_rx()
-                await aio.sleep(0.001)
+                await event.wait()
                 continue
             try:
                 data = await aio.sock_recv(sock, min(credit, 4 * MAX_PAYLOAD))
@@ -233,6 +240,9 @@ class VsockBackend:
 
     def _close_host(self, key: tuple[int, int]) -> None:
         sock = self.host_socks.pop(key, None)
+        event = self.credit_events.pop(key, None)
+        if event is not None:
+            event.set()  # lets a reader waiting for credit see the connection is gone
         queue = self.writers.pop(key, None)
         if queue is not None:
             queue.put(None)
