@@ -320,7 +320,7 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                sock = host_connect(os.path.join(d, "vsock"), 6000, timeout=1)
+                sock = host_connect(os.path.join(d, "vsock"), 6000, timeout=20)
             except OSError:
                 time.sleep(0.2)
                 continue

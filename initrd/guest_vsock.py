@@ -17,6 +17,16 @@ import time
 HOST = 2
 
 
+def accept_one(port):
+    srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
+    srv.bind((socket.VMADDR_CID_ANY, port))
+    srv.listen(1)
+    print("guest: listening", flush=True)
+    conn, _ = srv.accept()
+    srv.close()
+    return conn
+
+
 def main(argv):
     mode, port = argv[0], int(argv[1])
     if mode == "parallel":
@@ -71,11 +81,7 @@ def main(argv):
         print(f"guest: connect median {statistics.median(samples) * 1000:.2f} ms", flush=True)
         return 0
     if mode == "sink":
-        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        srv.bind((socket.VMADDR_CID_ANY, port))
-        srv.listen(1)
-        print("guest: listening", flush=True)
-        conn, _ = srv.accept()
+        conn = accept_one(port)
         total, t0 = 0, time.perf_counter()
         buf = bytearray(1 << 16)
         while True:
@@ -87,11 +93,7 @@ def main(argv):
         conn.close()
         return 0
     if mode == "listen":
-        srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
-        srv.bind((socket.VMADDR_CID_ANY, port))
-        srv.listen(1)
-        print("guest: listening", flush=True)
-        conn, _ = srv.accept()
+        conn = accept_one(port)
         while True:
             data = conn.recv(65536)
             if not data:

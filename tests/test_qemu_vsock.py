@@ -15,6 +15,15 @@ def image():
     return build_image()
 
 
+def bulk_digest(mib):
+    """sha256 of what `guest_vsock.py bulk` sends: a 64 KiB pattern, 16 times per MiB."""
+    expected = hashlib.sha256()
+    chunk = bytes(range(256)) * 256
+    for _ in range(mib * 16):
+        expected.update(chunk)
+    return expected.hexdigest()
+
+
 def serve_once(listener, handler):
     def run():
         conn, _ = listener.accept()
@@ -57,7 +66,7 @@ def test_host_connects_to_guest_listener(image, tmp_path):
         deadline = time.monotonic() + 60
         while time.monotonic() < deadline:
             try:
-                sock = host_connect(uds, 6000, timeout=1)
+                sock = host_connect(uds, 6000, timeout=20)
             except OSError:
                 time.sleep(0.2)  # the guest is still booting (the back-end answers RST)
                 continue
@@ -91,11 +100,7 @@ def test_bulk_guest_to_host_checksum(image, tmp_path):
     serve_once(listener, digest)
     out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}", timeout=300)
     listener.close()
-    expected = hashlib.sha256()
-    chunk = bytes(range(256)) * 256
-    for _ in range(mib * 16):
-        expected.update(chunk)
-    assert f"guest: reply {expected.hexdigest()}" in out, out
+    assert f"guest: reply {bulk_digest(mib)}" in out, out
 
 
 def test_parallel_connections(image, tmp_path):
@@ -134,11 +139,7 @@ def test_stalled_host_reader_loses_nothing(image, tmp_path):
     serve_once(listener, slow)
     out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}")
     listener.close()
-    expected = hashlib.sha256()
-    chunk = bytes(range(256)) * 256
-    for _ in range(mib * 16):
-        expected.update(chunk)
-    assert f"guest: reply {expected.hexdigest()}" in out, out
+    assert f"guest: reply {bulk_digest(mib)}" in out, out
 
 
 def test_guest_process_killed_mid_stream(image, tmp_path):
@@ -174,7 +175,7 @@ def test_bulk_host_to_guest_and_back_checksum(image, tmp_path):
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
             try:
-                sock = host_connect(uds, 6000, timeout=1)
+                sock = host_connect(uds, 6000, timeout=20)
                 break
             except OSError:
                 time.sleep(0.2)

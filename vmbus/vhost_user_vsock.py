@@ -29,7 +29,9 @@ from vmbus.vsock.connections import Close, Connect, HalfClose, VsockDevice, Writ
 from vmbus.vsock.packet import HEADER_SIZE, OP_RESPONSE, OP_RST, Packet, PacketError
 
 RX, TX = 0, 1
-_SHUT = object()  # queued half-close marker
+GUEST_ANSWER_TIMEOUT = 30.0  # a slow (TCG, loaded) guest may take seconds to answer a REQUEST
+_SHUT = object()   # queued half-close marker
+_CLOSE = object()  # queued close marker: close once everything before it is written
 MAX_PAYLOAD = 64 * 1024
 
 
@@ -170,7 +172,16 @@ class VsockBackend:
             if queue is not None:
                 queue.put(_SHUT)  # after everything already queued
         elif isinstance(action, Close):
-            self._close_host(action.key)
+            queue = self.writers.get(action.key)
+            if queue is not None:
+                # Bytes the guest sent before closing are still queued: the writer closes the
+                # host socket once they are out (the guest's close is not an abort of them).
+                reader = self.readers.pop(action.key, None)
+                if reader is not None:
+                    reader.cancel()
+                queue.put(_CLOSE)
+            else:
+                self._close_host(action.key)
             waiter = self.host_waiters.pop(action.key, None)
             if waiter is not None:
                 waiter.set_result(False)
@@ -199,6 +210,9 @@ class VsockBackend:
         while True:
             data = await queue.get()
             if data is None:
+                return
+            if data is _CLOSE:
+                self._close_host(key)
                 return
             if data is _SHUT:
                 try:
@@ -307,7 +321,7 @@ class VsockBackend:
         waiter = self.host_waiters[key] = aio.Future()
         self._flush_rx()
         try:
-            ok = await aio.wait_for(waiter, 5.0)
+            ok = await aio.wait_for(waiter, GUEST_ANSWER_TIMEOUT)
         except aio.TimeoutError_:
             ok = False
         if not ok:
@@ -315,7 +329,13 @@ class VsockBackend:
             self._flush_rx()
             conn.close()
             return
-        await aio.sock_sendall(conn, f"OK {key[1]}\n".encode())
+        try:
+            await aio.sock_sendall(conn, f"OK {key[1]}\n".encode())
+        except OSError:  # the host gave up meanwhile: reset the guest's side too
+            self.device.host_closed(key)
+            self._flush_rx()
+            conn.close()
+            return
         self._attach(key, conn)
 
     def on_guest_response(self, pkt: Packet) -> None:
