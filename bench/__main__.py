@@ -270,8 +270,8 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
     import shutil
     import threading
 
-    from gcs.host.testguest import boot, build_image
-    from vmbus.hybrid import host_connect, host_listen
+    from gcs.host.testguest import boot, build_image, connect_when_listening
+    from vmbus.hybrid import host_listen
 
     if not shutil.which("qemu-system-x86_64"):
         print("  vsock: qemu-system-x86_64 not installed, skipped", file=sys.stderr)
@@ -317,22 +317,17 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
     os.makedirs(d)
 
     def source() -> None:
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                sock = host_connect(os.path.join(d, "vsock"), 6000, timeout=20)
-            except OSError:
-                time.sleep(0.2)
-                continue
-            chunk = bytes(1 << 20)
-            t0 = time.perf_counter()
-            for _ in range(mib):
-                sock.sendall(chunk)
-            sock.shutdown(1)
-            sock.recv(1)
-            timing["h2g"] = mib * (1 << 20) / (time.perf_counter() - t0) / 1e6
-            sock.close()
+        sock = connect_when_listening(os.path.join(d, "vsock"), 6000)
+        if sock is None:
             return
+        chunk = bytes(1 << 20)
+        t0 = time.perf_counter()
+        for _ in range(mib):
+            sock.sendall(chunk)
+        sock.shutdown(1)
+        sock.recv(1)
+        timing["h2g"] = mib * (1 << 20) / (time.perf_counter() - t0) / 1e6
+        sock.close()
 
     threading.Thread(target=source, daemon=True).start()
     out, _, _ = boot(image, d, "python3 /opt/pygcs/guest_vsock.py sink 6000", timeout=600)
@@ -366,7 +361,8 @@ def main() -> int:
     print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
     with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
         bench_startup(tmp)
-        agent = Agent(os.path.join(tmp, "main") if os.makedirs(os.path.join(tmp, "main")) is None else tmp)
+        os.makedirs(os.path.join(tmp, "main"))
+        agent = Agent(os.path.join(tmp, "main"))
         try:
             report("agent RSS after start", agent.rss_mib(), "MiB", "-", "12.8 MB")
             bench_round_trip(agent)

@@ -143,10 +143,6 @@ class Agent:
     def _is_uvm(req: Request) -> bool:
         return req.container_id == NULL_CONTAINER_ID
 
-    @staticmethod
-    def _no_container(req: Request) -> hr.GcsError:
-        return hr.GcsError(hr.SYSTEM_NOT_FOUND, f"container {req.container_id!r} not found")
-
     # --- handlers ---------------------------------------------------------------------
     async def create(self, req: CreateRequest) -> dict[str, Any]:
         if self._is_uvm(req):

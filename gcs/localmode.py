@@ -62,18 +62,9 @@ def _own_cgroup() -> str:
 
 def _remove_cgroups(base: str) -> None:
     """Best effort: the agent normally removed its subtree itself."""
-    root = "/sys/fs/cgroup"
-    try:
-        hierarchies = [root] if os.path.exists(f"{root}/cgroup.procs") else [f"{root}/{d}" for d in os.listdir(root)]
-    except OSError:
-        return
-    for hierarchy in hierarchies:
-        top = os.path.join(hierarchy, base.strip("/"))
-        for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-            try:
-                os.rmdir(dirpath)
-            except OSError:
-                pass
+    from gcs.containers.cgroups import hierarchy_roots, remove_tree
+    for hierarchy in hierarchy_roots():
+        remove_tree(os.path.join(hierarchy, base.strip("/")), deadline=0, quiet=True)
 
 
 def _supervise(child: int, cgroup_base: str) -> None:

@@ -17,6 +17,13 @@ import time
 HOST = 2
 
 
+def read_all(sock):
+    chunks = []
+    while data := sock.recv(65536):
+        chunks.append(data)
+    return b"".join(chunks)
+
+
 def accept_one(port):
     srv = socket.socket(socket.AF_VSOCK, socket.SOCK_STREAM)
     srv.bind((socket.VMADDR_CID_ANY, port))
@@ -41,13 +48,7 @@ def main(argv):
             s.shutdown(socket.SHUT_WR)
         ok = 0
         for i, s in enumerate(socks):
-            reply = b""
-            while True:
-                data = s.recv(4096)
-                if not data:
-                    break
-                reply += data
-            ok += reply == f"echo conn {i}".encode()
+            ok += read_all(s) == f"echo conn {i}".encode()
             s.close()
         print(f"guest: parallel ok {ok}/{count}", flush=True)
         return 0
@@ -117,13 +118,7 @@ def main(argv):
             sock.sendall(chunk)
         sock.shutdown(socket.SHUT_WR)
         print("guest: sent", flush=True)
-    reply = b""
-    while True:
-        data = sock.recv(65536)
-        if not data:
-            break
-        reply += data
-    print(f"guest: reply {reply.decode(errors='replace')}", flush=True)
+    print(f"guest: reply {read_all(sock).decode(errors='replace')}", flush=True)
     return 0
 
 

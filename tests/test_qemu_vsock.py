@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from gcs.host.testguest import boot, build_image
-from vmbus.hybrid import host_connect, host_listen
+from gcs.host.testguest import boot, build_image, connect_when_listening
+from vmbus.hybrid import host_listen
 
 @pytest.fixture(scope="module")
 def image():
@@ -63,21 +63,16 @@ def test_host_connects_to_guest_listener(image, tmp_path):
     result = {}
 
     def host_side():
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            try:
-                sock = host_connect(uds, 6000, timeout=20)
-            except OSError:
-                time.sleep(0.2)  # the guest is still booting (the back-end answers RST)
-                continue
-            sock.sendall(b"ping from host")
-            sock.shutdown(1)
-            data = b""
-            while chunk := sock.recv(65536):
-                data += chunk
-            result["echo"] = data
-            sock.close()
+        sock = connect_when_listening(uds, 6000, within=60)
+        if sock is None:
             return
+        sock.sendall(b"ping from host")
+        sock.shutdown(1)
+        data = b""
+        while chunk := sock.recv(65536):
+            data += chunk
+        result["echo"] = data
+        sock.close()
 
     t = threading.Thread(target=host_side, daemon=True)
     t.start()
@@ -172,14 +167,8 @@ def test_bulk_host_to_guest_and_back_checksum(image, tmp_path):
     result = {}
 
     def host_side():
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
-            try:
-                sock = host_connect(uds, 6000, timeout=20)
-                break
-            except OSError:
-                time.sleep(0.2)
-        else:
+        sock = connect_when_listening(uds, 6000)
+        if sock is None:
             return
         chunk = bytes(range(256)) * 4096  # 1 MiB
 

@@ -19,6 +19,7 @@ import os
 import socket
 import sys
 from collections import deque
+from dataclasses import replace
 
 from gcs import aio
 from gcs.log import log
@@ -131,15 +132,7 @@ class VsockBackend:
         if q is None:
             return
         used = False
-        while True:
-            try:
-                chain = q.pop()
-            except VirtqueueError as err:
-                self.stats["bad_chains"] += 1
-                log.warning("vsock: bad tx chain", error=str(err))
-                continue
-            if chain is None:
-                break
+        while (chain := self._pop(q, "tx")) is not None:
             try:
                 pkt = Packet.parse(q.gather(chain.readable(), HEADER_SIZE + MAX_PAYLOAD), MAX_PAYLOAD)
                 self.stats["tx_packets"] += 1
@@ -159,6 +152,15 @@ class VsockBackend:
                 self._act(action)
         if used:
             self._notify(TX)
+
+    def _pop(self, q: Virtqueue, name: str):
+        """The next good chain, or None; bad chains are counted, logged and skipped."""
+        while True:
+            try:
+                return q.pop()
+            except VirtqueueError as err:
+                self.stats["bad_chains"] += 1
+                log.warning(f"vsock: bad {name} chain", error=str(err))
 
     def _act(self, action) -> None:
         if isinstance(action, Connect):
@@ -237,7 +239,7 @@ class VsockBackend:
             if credit == 0:
                 # Out of credit: ask the guest, then wait for its next packet (no polling).
                 event.clear()
-                self.device.host_data(key, b"x")  # queues a CREDIT_REQUEST, sends no data
+                self.device.request_credit(key)
                 self._flush_rx()
                 await event.wait()
                 continue
@@ -274,24 +276,15 @@ class VsockBackend:
         if q is None or not self.pending_rx:
             return
         used = False
-        while self.pending_rx:
-            try:
-                chain = q.pop()
-            except VirtqueueError as err:
-                self.stats["bad_chains"] += 1
-                log.warning("vsock: bad rx chain", error=str(err))
-                continue
-            if chain is None:
-                break
+        while self.pending_rx and (chain := self._pop(q, "rx")) is not None:
             pkt = self.pending_rx.popleft()
             data = pkt.pack()
             written = q.scatter(chain.writable(), data)
             if written < len(data):  # the guest's buffer was too small: split the payload
                 room = max(0, written - HEADER_SIZE)
-                head = Packet(**{**pkt.__dict__, "payload": pkt.payload[:room]})
-                q.scatter(chain.writable(), head.pack())
+                q.scatter(chain.writable(), replace(pkt, payload=pkt.payload[:room]).pack())
                 written = HEADER_SIZE + room
-                self.pending_rx.appendleft(Packet(**{**pkt.__dict__, "payload": pkt.payload[room:]}))
+                self.pending_rx.appendleft(replace(pkt, payload=pkt.payload[room:]))
             q.push_used(chain.head, written)
             self.stats["rx_packets"] += 1
             used = True

@@ -234,18 +234,7 @@ class Cgroups:
     def delete(self, rel: str, wait: float = 2.0) -> None:
         deadline = time.monotonic() + wait
         for directory in self.dirs(rel).values():
-            for dirpath, _, _ in sorted(os.walk(directory), key=lambda w: -w[0].count("/")):
-                while True:
-                    try:
-                        os.rmdir(dirpath)
-                        break
-                    except FileNotFoundError:
-                        break
-                    except OSError as err:
-                        if time.monotonic() > deadline:
-                            log.warning("cgroup not removed", path=dirpath, error=err.strerror)
-                            break
-                        time.sleep(0.01)
+            remove_tree(directory, deadline)
 
     def teardown(self) -> None:
         """Local mode: move the agent back where it came from and remove the whole subtree."""
@@ -256,6 +245,34 @@ class Cgroups:
                 log.warning("could not move the agent back", error=str(err))
         if self.base:
             self.delete("/", wait=2.0)
+
+
+def hierarchy_roots() -> list[str]:
+    """Every mounted hierarchy: the v2 root, or each v1 controller's directory."""
+    if os.path.exists(os.path.join(ROOT, "cgroup.procs")):
+        return [ROOT]
+    try:
+        return [os.path.join(ROOT, d) for d in os.listdir(ROOT)]
+    except OSError:
+        return []
+
+
+def remove_tree(top: str, deadline: float, quiet: bool = False) -> None:
+    """rmdir a cgroup subtree, deepest first; a cgroup whose last processes are still
+    exiting is busy for a moment, so retry that until `deadline` (time.monotonic)."""
+    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
+        while True:
+            try:
+                os.rmdir(dirpath)
+                break
+            except FileNotFoundError:
+                break
+            except OSError as err:
+                if time.monotonic() > deadline:
+                    if not quiet:
+                        log.warning("cgroup not removed", path=dirpath, error=err.strerror)
+                    break
+                time.sleep(0.01)
 
 
 def _prune(value):

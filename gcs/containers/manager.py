@@ -22,6 +22,8 @@ from gcs.stdio.connect import StdioConnections, dial_stdio
 from gcs.stdio.pipes import PipeRelay
 from gcs.stdio.pty import set_window_size
 from gcs.stdio.relay import TtyRelay
+from gcs.storage import guestpaths
+from gcs.storage.mounts import is_mountpoint
 
 ANNOTATION_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_SANDBOX = "io.kubernetes.cri.sandbox-id"
@@ -125,7 +127,7 @@ class Containers:
         spec_obj = config.obj("OciSpecification")
         if not bundle or spec_obj is None:
             raise hr.GcsError(hr.E_INVALIDARG, "Create: OciBundlePath and OciSpecification are required")
-        from gcs.storage import guestpaths  # the bundle and scratch are created and later removed
+        # The bundle and scratch are created here and removed by DeleteContainerState.
         bundle = guestpaths.check(bundle, "Create OciBundlePath")
         scratch = guestpaths.check(scratch, "Create ScratchDirPath") if scratch else ""
         spec = copy.deepcopy(spec_obj.data)
@@ -158,7 +160,6 @@ class Containers:
         c.own_pid_namespace = any(ns.get("type") == "pid" and not ns.get("path") for ns in namespaces)
         root = (spec.get("root") or {}).get("path") or ""
         rootfs = root if root.startswith("/") else os.path.join(c.bundle, root or "rootfs")
-        from gcs.storage import guestpaths
         rootfs = guestpaths.check(rootfs, "OciSpecification root.path")
         if not os.path.isdir(rootfs):
             raise hr.GcsError(hr.E_FAIL, f"container rootfs {rootfs} does not exist")
@@ -422,7 +423,7 @@ class Containers:
         except hr.GcsError as err:
             errors.append(str(err))
         for path in (c.scratch, c.bundle):
-            if path and os.path.isdir(path) and not _is_mountpoint(path):
+            if path and os.path.isdir(path) and not is_mountpoint(path):
                 shutil.rmtree(path, ignore_errors=True)
             elif path == c.bundle:
                 _remove_bundle_files(path, remove_dir=False)
@@ -525,11 +526,6 @@ def _remove_bundle_files(bundle: str, remove_dir: bool) -> None:
             os.rmdir(bundle)
         except OSError:
             pass
-
-
-def _is_mountpoint(path: str) -> bool:
-    from gcs.storage.mounts import is_mountpoint
-    return is_mountpoint(path)
 
 
 def _resolve_user(process: dict, rootfs: str) -> None:

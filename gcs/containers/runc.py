@@ -81,7 +81,8 @@ class RuncRuntime:
         finally:
             aio.get_loop().forget_fd(listener.fileno())
             listener.close()
-            os.unlink(path) if os.path.exists(path) else None
+            if os.path.exists(path):
+                os.unlink(path)
             os.rmdir(directory)
 
     def _stdio(self, plan: dict):
@@ -141,27 +142,12 @@ class RuncRuntime:
         """Remove the (now empty) cgroup subtree runc made under cgroup_parent."""
         if not self.cgroup_parent:
             return
-        base = "/sys/fs/cgroup"
-        try:
-            hierarchies = [os.path.join(base, d) for d in os.listdir(base)]
-        except OSError:
-            return
-        if os.path.exists(os.path.join(base, "cgroup.procs")):
-            hierarchies = [base]
         import time
+
+        from gcs.containers.cgroups import hierarchy_roots, remove_tree
         deadline = time.monotonic() + 2.0
-        for hierarchy in hierarchies:
-            top = os.path.join(hierarchy, self.cgroup_parent.strip("/"))
-            for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-                while True:
-                    try:
-                        os.rmdir(dirpath)
-                        break
-                    except OSError as err:
-                        if err.errno != 16 or time.monotonic() > deadline:  # EBUSY: processes still exiting
-                            log.warning("cgroup not removed", path=dirpath, error=err.strerror)
-                            break
-                        time.sleep(0.01)
+        for hierarchy in hierarchy_roots():  # runc uses every hierarchy, not only ours
+            remove_tree(os.path.join(hierarchy, self.cgroup_parent.strip("/")), deadline)
 
 
 def _last_error(log_file: str) -> str:

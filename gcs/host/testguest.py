@@ -13,6 +13,20 @@ from gcs.host.launcher import REPO_ROOT, agent_env
 IMAGE = os.path.join(REPO_ROOT, "build", "uvm")
 
 
+def connect_when_listening(uds: str, port: int, within: float = 120.0):
+    """Connect to the guest's listener on port once it exists (while the guest boots, the
+    back-end answers with a reset); None if it never does within `within` seconds."""
+    from vmbus.hybrid import host_connect
+
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        try:
+            return host_connect(uds, port, timeout=20)
+        except OSError:
+            time.sleep(0.2)
+    return None
+
+
 def build_image(out: str = IMAGE) -> str:
     subprocess.run([sys.executable, os.path.join(REPO_ROOT, "initrd", "build.py"), "--out", out], check=True,
                    capture_output=True, timeout=600)

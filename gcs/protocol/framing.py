@@ -59,7 +59,8 @@ class FrameDecoder:
                 raise FramingError(f"message size {size} exceeds the limit of {self._max} bytes")
             if avail < size:
                 break
-            frames.append(Frame(ident, seq, bytes(buf[pos + HEADER_SIZE:pos + size])))
+            with memoryview(buf) as view:  # one copy; the view is released before buf shrinks
+                frames.append(Frame(ident, seq, bytes(view[pos + HEADER_SIZE:pos + size])))
             pos += size
         if pos:
             del buf[:pos]

@@ -110,13 +110,14 @@ class Virtqueue:
         self.used_idx = (self.used_idx + 1) & 0xFFFF
         self.memory.write(self.used + 2, struct.pack("<H", self.used_idx))  # after the element: the guest reads idx last
 
-    def gather(self, buffers: list[Buffer], limit: int | None = None) -> bytes:
+    def gather(self, buffers: list[Buffer], limit: int | None = None) -> bytearray:
         out = bytearray()
         for b in buffers:
             out += self.memory.view(b.addr, b.length)
             if limit is not None and len(out) >= limit:
-                return bytes(out[:limit])
-        return bytes(out)
+                del out[limit:]
+                break
+        return out
 
     def scatter(self, buffers: list[Buffer], data: bytes) -> int:
         """Copy data into the writable buffers; returns how much fit."""

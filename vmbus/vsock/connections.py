@@ -182,13 +182,19 @@ class VsockDevice:
             return 0
         return max(0, conn.peer_buf_alloc - (conn.tx_cnt - conn.peer_fwd_cnt))
 
+    def request_credit(self, key: tuple[int, int]) -> None:
+        """The host side has bytes but no credit: ask the guest for an update."""
+        conn = self.connections.get(key)
+        if conn is not None:
+            self.to_guest.append(self._packet(conn, OP_CREDIT_REQUEST))
+
     def host_data(self, key: tuple[int, int], data: bytes, max_payload: int = 65536) -> int:
         """Queue host bytes for the guest, within its credit; returns how many were taken."""
         credit = self.host_credit(key)
         conn = self.connections.get(key)
         if conn is None or credit == 0:
-            if conn is not None and data:
-                self.to_guest.append(self._packet(conn, OP_CREDIT_REQUEST))
+            if data:
+                self.request_credit(key)
             return 0
         data = data[:credit]
         for i in range(0, len(data), max_payload):
