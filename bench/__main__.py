@@ -354,27 +354,39 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
         report("vsock guest connect latency (TCG)", float(match.group(1)), "ms", "-", "-")
 
 
+def bench_core(tmp: str) -> None:
+    bench_startup(tmp)
+    os.makedirs(os.path.join(tmp, "main"))
+    agent = Agent(os.path.join(tmp, "main"))
+    try:
+        report("agent RSS after start", agent.rss_mib(), "MiB", "-", "12.8 MB")
+        bench_round_trip(agent)
+        bench_exec(agent)
+        report("agent RSS after 1,000 execs", agent.rss_mib(), "MiB", "<= 25 MiB", "16.6 MB after 50 execs")
+        bench_stdout(agent)
+    finally:
+        agent.stop()
+
+
 def main() -> int:
     if os.geteuid() != 0:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
         return 1
     print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
+    sections = set(sys.argv[1:]) or {"core", "storage", "containers", "vsock"}
+    unknown = sections - {"core", "storage", "containers", "vsock"}
+    if unknown:
+        print(f"unknown sections {sorted(unknown)}: choose from core storage containers vsock", file=sys.stderr)
+        return 2
     with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
-        bench_startup(tmp)
-        os.makedirs(os.path.join(tmp, "main"))
-        agent = Agent(os.path.join(tmp, "main"))
-        try:
-            report("agent RSS after start", agent.rss_mib(), "MiB", "-", "12.8 MB")
-            bench_round_trip(agent)
-            bench_exec(agent)
-            report("agent RSS after 1,000 execs", agent.rss_mib(), "MiB", "<= 25 MiB",
-                   "16.6 MB after 50 execs")
-            bench_stdout(agent)
-        finally:
-            agent.stop()
-        bench_storage(tmp)
-        bench_containers(tmp)
-        bench_vsock(tmp)
+        if "core" in sections:
+            bench_core(tmp)
+        if "storage" in sections:
+            bench_storage(tmp)
+        if "containers" in sections:
+            bench_containers(tmp)
+        if "vsock" in sections:
+            bench_vsock(tmp)
     width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
              for i in range(4)]
     header = ("measure", "pygcs", "target", "Go GCS (reference)")

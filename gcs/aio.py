@@ -15,6 +15,8 @@ import signal
 import socket
 import time
 from collections import deque
+
+from gcs import fdpass
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable, Coroutine, Optional
@@ -529,7 +531,7 @@ async def sock_recv_fds(sock: socket.socket, maxfds: int = 1) -> list[int]:
     try:
         while True:
             try:
-                return socket.recv_fds(sock, 16, maxfds)[1]
+                return fdpass.recv_fds(sock, 16, maxfds)[1]
             except (BlockingIOError, InterruptedError):
                 await wait_readable(sock.fileno())
     finally:

@@ -10,6 +10,7 @@ TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never 
 if TYPE_CHECKING:
     from typing import Optional
 
+CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
 
@@ -62,6 +63,10 @@ _libc.setns.argtypes = [ctypes.c_int, ctypes.c_int]
 _libc.syscall.restype = ctypes.c_long
 _libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 _SYS_PIVOT_ROOT = {"x86_64": 155, "aarch64": 41}.get(os.uname().machine, 155)
+_SYS_CLONE = {"x86_64": 56, "aarch64": 220}.get(os.uname().machine)
+# PyDLL keeps the GIL across the call, so a cloned child starts out holding it.
+_clone = ctypes.PyDLL(None, use_errno=True).syscall
+_clone.restype = ctypes.c_long
 PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, PR_CAP_AMBIENT_CLEAR_ALL = 47, 2, 4
 
 
@@ -78,3 +83,16 @@ def ambient_caps(caps: list[int]) -> list[int]:
     inheritable), which runc also skips with a warning."""
     _check(_libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0), "clear ambient capabilities")
     return [cap for cap in caps if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0]
+
+
+def clone_parent() -> int:
+    """fork(), except that the child becomes a child of our parent (CLONE_PARENT): its exit
+    status goes to our parent's waitpid. Only for a single-threaded caller whose child
+    ends in exec or _exit (libc's and Python's at-fork hooks do not run)."""
+    if _SYS_CLONE is None:
+        raise OSError(38, f"clone: not wired for {os.uname().machine}")
+    pid = _clone(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(CLONE_PARENT | 17), None, None, None, None)  # 17: SIGCHLD
+    if pid < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"clone: {os.strerror(err)}")
+    return pid

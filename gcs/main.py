@@ -8,7 +8,7 @@ import sys
 from gcs import flags
 
 
-def _add_site_packages() -> None:
+def add_site_packages() -> None:
     """Started with `python -S` (skips site's .pth processing, ~20 ms here), find our
     dependencies' directories ourselves."""
     if not sys.flags.no_site:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> None:
     except flags.UsageError as err:
         sys.stderr.write(f"{err}\n")
         sys.exit(2)
-    _add_site_packages()
+    add_site_packages()
 
     from vmbus.transport import parse_transport
     transport = parse_transport(opts.transport) if opts.transport else NoTransport()

@@ -1,19 +1,25 @@
-"""What runs in the processes the native runtime forks: it turns a copy of the agent into a
+"""What runs in the processes the spawner clones: it turns a copy of the spawner into a
 container process (namespaces, rootfs, mounts, devices, pivot_root, hostname, limits,
-identity, capabilities) and execs the container's program.
+identity, capabilities) and execs the container's program. The spawner has already put
+the clone in its pid namespace and left it default signal dispositions.
 
-Nothing here may return into the agent's code: every path ends in exec or os._exit.
+Everything is imported up front: after pivot_root the container's files are all there is.
+Nothing here may return into the spawner's code: every path ends in exec or os._exit.
 Failures are reported to the agent as one JSON line on the error pipe.
 """
 from __future__ import annotations
 
+import array
 import errno
+import fcntl
 import json
 import os
 import resource
-import signal
 import socket
 import stat
+import termios
+
+import prctl
 
 from gcs import linux
 from gcs.containers import ocispec as oci
@@ -36,14 +42,6 @@ def _fail(err_w: int, message: str, code: int = 1) -> None:
         os._exit(code)
 
 
-def _reset_signals() -> None:
-    signal.set_wakeup_fd(-1)
-    for signum in (signal.SIGCHLD, signal.SIGTERM, signal.SIGINT, signal.SIGHUP, signal.SIGPIPE,
-                   signal.SIGUSR1, signal.SIGUSR2, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
-    signal.pthread_sigmask(signal.SIG_SETMASK, [])
-
-
 def _enter_namespaces(namespaces: list[tuple[str, str | None]]) -> None:
     joined = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in namespaces if path]
     # The mount namespace last: after it, /proc paths would name the container's view.
@@ -60,16 +58,6 @@ def _enter_namespaces(namespaces: list[tuple[str, str | None]]) -> None:
             flags |= oci.NAMESPACE_FLAGS[kind]
     if flags:
         linux.unshare(flags)
-
-
-def _fork_into_pid_namespace(pid_w: int) -> None:
-    """Fork once more so the child lands in the new/joined pid namespace; the parent
-    reports the child's pid (in the agent's namespace) and exits."""
-    pid = os.fork()
-    if pid:
-        os.write(pid_w, f"{pid}\n".encode())
-        os._exit(0)
-    os.close(pid_w)
 
 
 # --- rootfs ------------------------------------------------------------------------------------
@@ -262,9 +250,6 @@ def _setup_stdio(stdio: dict, console: bool = False) -> None:
 def _open_console(sock_fd: int) -> str:
     """A pty from the container's own devpts; the master goes to the agent over the console
     socket (as runc's --console-socket does). Returns the slave's path."""
-    import array
-    import fcntl
-
     master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
     fcntl.ioctl(master, TIOCSPTLCK, array.array("i", [0]))
     number = array.array("I", [0])
@@ -279,9 +264,6 @@ def _open_console(sock_fd: int) -> str:
 
 def _setup_terminal(sock_fd: int, console: bool) -> None:
     """The container's pty as our controlling terminal and stdio."""
-    import fcntl
-    import termios
-
     slave_path = _open_console(sock_fd)
     fd = os.open(slave_path, os.O_RDWR)
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
@@ -304,10 +286,9 @@ def _lookup(program: str, env: dict[str, str]) -> str:
     raise ChildError(f"exec: {program!r}: executable file not found in $PATH")
 
 
-def _finish_and_exec(proc: dict, err_w: int) -> None:
+def _finish_and_exec(proc: dict, err_w: int, last_cap: int) -> None:
     """Limits, identity, capabilities, then exec. Never returns."""
-    _set_oom_score(proc)
-    path, args, env = _become(proc, _kernel_last_cap())
+    path, args, env = _become(proc, last_cap)
     try:
         os.execve(path, args, env)
     except OSError as err:
@@ -322,8 +303,6 @@ def _set_oom_score(proc: dict) -> None:
 
 def _become(proc: dict, last_cap: int) -> tuple[str, list[str], dict[str, str]]:
     """rlimits, groups, user, capabilities, no_new_privs, cwd; returns what to exec."""
-    import prctl
-
     for rl in proc.get("rlimits") or []:
         resource.setrlimit(oci.RLIMITS[rl["type"]], (rl["soft"], rl["hard"]))
     user = proc.get("user") or {}
@@ -410,10 +389,9 @@ def _kernel_last_cap() -> int:
 
 
 def init_main(plan: dict, err_w: int, start_r: int) -> None:
-    """Container init, forked by the agent straight into its pid namespace: set everything
-    up, report ready, wait for start, exec."""
+    """Container init, already in its pid namespace: set everything up, report ready, wait
+    for start, exec."""
     try:
-        _reset_signals()
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
         os.setsid()
@@ -429,7 +407,8 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # never started (deleted, or the agent went away)
         os.close(start_r)
-        _finish_and_exec(plan["process"], err_w)
+        _set_oom_score(plan["process"])
+        _finish_and_exec(plan["process"], err_w, _kernel_last_cap())
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001
@@ -437,37 +416,19 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
     os._exit(1)
 
 
-def exec_main(plan: dict, pid_w: int, err_w: int) -> None:
-    """A process in a running container. This (forked) process joins the container's
-    namespaces, takes on the process's identity and limits, then posix_spawns the program:
-    the spawned child lands in the container's pid namespace, and a vfork costs far less
-    than a second fork of the agent's image. It reports the pid and exits."""
+def exec_main(plan: dict, err_w: int, _start_r: int = -1) -> None:
+    """A process in a running container, already in its pid namespace: join the other
+    namespaces and the cgroup, take on the process's identity and limits, exec."""
     try:
-        _reset_signals()
         proc = plan["process"]
         last_cap = _kernel_last_cap()  # through the agent's /proc, before the mount ns changes
-        _set_oom_score(proc)           # likewise: inherited by the program
+        _set_oom_score(proc)           # likewise
         _join_cgroups(plan)
-        _enter_namespaces(plan["namespaces"])
+        _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
+        os.setsid()
         os.chdir("/")
-        stdio = plan["stdio"]
-        actions: list[tuple] = []
-        if "console_socket" in stdio:
-            tty = _open_console(stdio["console_socket"])
-            actions = [(os.POSIX_SPAWN_OPEN, 0, tty, os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1),
-                       (os.POSIX_SPAWN_DUP2, 0, 2)]
-        else:
-            for target, fd in enumerate((stdio.get("stdin"), stdio.get("stdout"), stdio.get("stderr"))):
-                actions.append((os.POSIX_SPAWN_OPEN, target, "/dev/null", os.O_RDWR, 0) if fd is None
-                               else (os.POSIX_SPAWN_DUP2, fd, target))
-        path, args, env = _become(proc, last_cap)
-        try:
-            pid = os.posix_spawn(path, args, env, file_actions=actions, setsid=True,
-                                 setsigdef=(signal.SIGPIPE, signal.SIGXFSZ), setsigmask=())
-        except OSError as err:
-            _fail(err_w, f"exec {args[0]!r}: {err.strerror}", 127)
-        os.write(pid_w, f"{pid}\n".encode())
-        os._exit(0)
+        _setup_stdio(plan["stdio"])
+        _finish_and_exec(proc, err_w, last_cap)
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001

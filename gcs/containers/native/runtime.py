@@ -1,21 +1,25 @@
-"""The native runtime, agent side: forks the container processes and talks to them over
-three pipes (pid report, ready/error report, start signal).
+"""The native runtime, agent side: asks the spawner (spawner.py) for each container process
+and talks to that process over two pipes (ready/error report, start signal).
 
-The agent is single-threaded, so forking it is safe; the child runs `child.py` and
-execs. Everything the child needs is imported before the fork.
+A container process reports one JSON line on its error pipe if setup fails; the pipe is
+close-on-exec, so EOF without data means its exec succeeded.
 """
 from __future__ import annotations
 
 import json
 import os
+import socket
+import sys
+import time
 
-from gcs import aio, linux
-from gcs.containers.native import child
+import msgpack
+
+from gcs import aio
+from gcs.log import log
 from gcs.protocol import hresult as hr
 from gcs.runtime.reaper import Reaper, exit_code
 
-
-CLONE_NEWPID = 0x20000000
+PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 
 class InitHandle:
@@ -54,90 +58,126 @@ def _error_text(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip() or "the container process exited during setup"
 
 
+class Spawner:
+    """The agent's end of the spawner: started on first use, started again if it died.
+    One request at a time (the spawner is sequential anyway; a clone takes ~0.3 ms)."""
+
+    def __init__(self, reaper: Reaper) -> None:
+        self.reaper = reaper
+        self.sock: socket.socket | None = None
+        self.pid = 0
+        self.lock = aio.Lock()
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+
+    def start(self) -> None:
+        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            argv = [sys.executable, "-S", "-m", "gcs.containers.native.spawner", "3", str(os.getpid())]
+            env = {"PYTHONPATH": PACKAGE_ROOT, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
+            actions = [(os.POSIX_SPAWN_OPEN, 0, "/dev/null", os.O_RDWR, 0), (os.POSIX_SPAWN_DUP2, 0, 1),
+                       (os.POSIX_SPAWN_DUP2, theirs.fileno(), 3)]
+            self.pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions)
+        finally:
+            theirs.close()
+        ours.setblocking(False)
+        self.sock = ours
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        status = self.reaper.watch(self.pid)
+        status.add_done_callback(lambda f, sock=ours, pid=self.pid: self._exited(sock, pid, f.result()))
+
+    def _exited(self, sock: socket.socket, pid: int, status: int) -> None:
+        if self.sock is sock:
+            log.warning("the container spawner exited; starting another on next use", pid=pid,
+                        exit_code=exit_code(status))
+            if not self.lock.locked():  # a request in flight sees EOF and drops the channel itself
+                self._drop()
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            aio.get_loop().forget_fd(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    async def _receive(self) -> dict:
+        while True:
+            for message in self.unpacker:
+                return message
+            data = await aio.sock_recv(self.sock, 1 << 16)
+            if not data:
+                raise OSError("the container spawner closed its channel")
+            self.unpacker.feed(data)
+
+    async def spawn(self, op: str, plan: dict, fds: dict[str, int], stdio: dict[str, int],
+                    pid_ns: str | None) -> int:
+        """Clone a container process running child.<op>_main; returns its pid."""
+        async with self.lock:
+            try:
+                if self.sock is None:
+                    self.start()
+                    ready = await self._receive()
+                    if "ready" not in ready:
+                        raise OSError(f"unexpected greeting {ready!r}")
+                order = list(fds.values()) + list(stdio.values())
+                index = {fd: i for i, fd in enumerate(order)}
+                request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
+                           "fds": {k: index[fd] for k, fd in fds.items()}, "pid_ns": pid_ns}
+                data = msgpack.packb(request)
+                while True:
+                    try:
+                        sent = socket.send_fds(self.sock, [data], order)
+                        break
+                    except (BlockingIOError, InterruptedError):
+                        await aio.wait_writable(self.sock.fileno())
+                await aio.sock_sendall(self.sock, data[sent:])
+                reply = await self._receive()
+            except OSError as err:
+                self._drop()
+                raise hr.GcsError(hr.E_FAIL, f"container spawner: {err.strerror or err}") from None
+        if "error" in reply:
+            raise hr.GcsError(hr.E_FAIL, f"container setup failed: {reply['error']}")
+        return reply["pid"]
+
+    def stop(self) -> None:
+        """At shutdown (the loop no longer runs): close the channel, the spawner exits."""
+        pid = self.pid if self.sock is not None else 0
+        self._drop()
+        deadline = time.monotonic() + 2
+        while pid:
+            try:
+                if os.waitpid(pid, os.WNOHANG)[0]:
+                    return
+            except ChildProcessError:
+                return
+            if time.monotonic() > deadline:
+                os.kill(pid, 9)
+                deadline = float("inf")
+            time.sleep(0.005)
+
+
 class NativeRuntime:
     name = "native"
 
     def __init__(self, reaper: Reaper) -> None:
         self.reaper = reaper
-
-    async def _fork(self, target, plan: dict, keep: list[int], *pipes: int) -> tuple[int, int]:
-        """Fork the intermediate process; returns (container process pid, error pipe)."""
-        pid_r, pid_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        try:
-            middle = os.fork()
-        except OSError:
-            for fd in (pid_r, pid_w, err_r, err_w):
-                os.close(fd)
-            raise
-        if middle == 0:  # the child: never returns
-            try:
-                os.close(pid_r)
-                os.close(err_r)
-                target(plan, pid_w, err_w, *pipes)
-            finally:
-                os._exit(1)
-        self.reaper.watch(middle)  # reaped in the background; its pid report is what counts
-        os.close(pid_w)
-        os.close(err_w)
-        for fd in keep:
-            os.close(fd)  # the child's ends of its stdio and start pipe
-        try:
-            report = await _read_all(pid_r)
-        finally:
-            aio.get_loop().forget_fd(pid_r)
-            os.close(pid_r)
-        if not report.strip().isdigit():
-            data = await _read_all(err_r)
-            aio.get_loop().forget_fd(err_r)
-            os.close(err_r)
-            raise hr.GcsError(hr.E_FAIL, f"container setup failed: {_error_text(data)}")
-        return int(report), err_r
+        self.spawner = Spawner(reaper)
 
     async def create(self, plan: dict, child_fds: list[int]) -> InitHandle:
-        """Fork the init straight into its pid namespace and let it set everything up to
-        the point of exec; it then waits for start().
-
-        The agent enters the target pid namespace for its children around the one fork
-        (unshare or setns with CLONE_NEWPID changes only where children go) and returns to
-        its own right after, so the init costs a single fork of the agent's image.
-        """
+        """Clone the init into its (new or joined) pid namespace and let it set everything
+        up to the point of exec; it then waits for start()."""
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
-        own = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
+        pid_ns = [path or "" for kind, path in plan["namespaces"] if kind == "pid"]
         try:
-            try:
-                if pid_ns and pid_ns[0]:
-                    target = os.open(pid_ns[0], os.O_RDONLY | os.O_CLOEXEC)
-                    try:
-                        linux.setns(target, CLONE_NEWPID)
-                    finally:
-                        os.close(target)
-                elif pid_ns:
-                    linux.unshare(CLONE_NEWPID)
-                pid = os.fork()
-                if pid == 0:  # the child: never returns
-                    try:
-                        os.close(err_r)
-                        os.close(start_w)
-                        child.init_main(plan, err_w, start_r)
-                    finally:
-                        os._exit(1)
-            finally:
-                if pid_ns:
-                    linux.setns(own, CLONE_NEWPID)
-        except OSError as err:
-            for fd in (start_r, start_w, err_r, err_w):
+            pid = await self.spawner.spawn("init", plan, {"err": err_w, "start": start_r}, plan["stdio"],
+                                           pid_ns[0] if pid_ns else None)
+        except BaseException:
+            for fd in (start_w, err_r):
                 os.close(fd)
-            raise hr.GcsError(hr.E_FAIL, f"container setup failed: pid namespace: {err.strerror or err}") from None
+            raise
         finally:
-            os.close(own)
-            for fd in child_fds:
+            for fd in (start_r, err_w, *child_fds):
                 os.close(fd)
         status = self.reaper.watch(pid)
-        os.close(err_w)
-        os.close(start_r)
         handle = InitHandle(pid, start_w, err_r, status)
         ready = await _read_all(err_r, stop_at=b"R")
         if ready != b"R":
@@ -163,7 +203,17 @@ class NativeRuntime:
 
     async def exec(self, plan: dict, child_fds: list[int]) -> tuple[int, aio.Future]:
         """Start a process in a running container; returns its pid and exit-status future."""
-        pid, err_r = await self._fork(child.exec_main, plan, child_fds)
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
+        try:
+            pid = await self.spawner.spawn("exec", plan, {"err": err_w}, plan["stdio"],
+                                           pid_ns[0] if pid_ns else None)
+        except BaseException:
+            os.close(err_r)
+            raise
+        finally:
+            for fd in (err_w, *child_fds):
+                os.close(fd)
         status = self.reaper.watch(pid)
         try:
             data = await _read_all(err_r)
@@ -174,3 +224,6 @@ class NativeRuntime:
             code = exit_code(await status)
             raise hr.GcsError(hr.E_FAIL, f"exec in the container failed (exit {code}): {_error_text(data)}")
         return pid, status
+
+    def teardown(self) -> None:
+        self.spawner.stop()
