@@ -100,6 +100,10 @@ class Cgroups:
         if resources:
             self.update(rel, resources)
 
+    def add_process(self, rel: str, pid: int) -> None:
+        for path in self.procs_files(rel):
+            _write(path, str(pid))
+
     def _enable_v2_controllers(self, directory: str) -> None:
         # Enable along the path below the hierarchy root (never the root's own files).
         root = self.mounts[""]

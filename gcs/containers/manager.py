@@ -199,11 +199,18 @@ class Containers:
             os.makedirs(os.path.join(rootfs, cwd.lstrip("/")), exist_ok=True)
         with open(os.path.join(c.bundle, "config.json"), "w") as f:
             json.dump(spec, f)
-        cgroup = self._cgroup(c)
+        cgroup = self._cgroup(c) if self.runtime.name == "native" else ""  # runc makes its own
+        resources = linux.get("resources") or {}
         procs: list[str] = []
-        if cgroup and self.runtime.name == "native":
-            self.cgroups.create(cgroup, linux.get("resources") or {})
+        place = None
+        if cgroup and any(ns.get("type") == "cgroup" and not ns.get("path") for ns in namespaces):
+            # It must be in its cgroup before it unshares its cgroup namespace: it joins itself.
+            self.cgroups.create(cgroup, resources)
             procs = self.cgroups.procs_files(cgroup)
+        elif cgroup:
+            def place(pid: int) -> None:  # while the new process sets up its rootfs (2 cores)
+                self.cgroups.create(cgroup, resources)
+                self.cgroups.add_process(cgroup, pid)
         stdio = ChildStdio(bool(process.get("terminal")), True, True, True)
         c.init_stdio = stdio
         plan = {
@@ -224,9 +231,9 @@ class Containers:
             "process": process,
         }
         try:
-            c.init_handle = await self.runtime.create(plan, stdio.child_fds)
+            c.init_handle = await self.runtime.create(plan, stdio.child_fds, place)
         except BaseException:
-            if procs:
+            if cgroup:
                 self.cgroups.delete(cgroup)
             raise
         finally:
@@ -259,13 +266,14 @@ class Containers:
         stdio = None
         try:
             stdio = ChildStdio(terminal, conns.stdin is not None, conns.stdout is not None, conns.stderr is not None)
-            cgroup = self._cgroup(c)
-            plan = {"id": c.id, "cgroup_procs": self.cgroups.procs_files(cgroup) if cgroup else [],
+            cgroup = self._cgroup(c) if self.runtime.name == "native" else ""
+            plan = {"id": c.id, "cgroup_procs": [],
                     "namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
                                    for kind in ocispec.NAMESPACE_FILES],
                     "stdio": stdio.plan, "process": process}
+            place = (lambda pid: self.cgroups.add_process(cgroup, pid)) if cgroup else None
             try:
-                pid, status = await self.runtime.exec(plan, stdio.child_fds)
+                pid, status = await self.runtime.exec(plan, stdio.child_fds, place)
             finally:
                 stdio.child_fds.clear()
             await stdio.receive_master()

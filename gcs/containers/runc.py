@@ -91,7 +91,8 @@ class RuncRuntime:
             return (None, None, None)
         return (s.get("stdin"), s.get("stdout"), s.get("stderr"))
 
-    async def create(self, plan: dict, child_fds: list[int]) -> RuncHandle:
+    async def create(self, plan: dict, child_fds: list[int], place=None) -> RuncHandle:
+        assert place is None  # runc places its processes in cgroups itself
         os.makedirs(self.work, mode=0o700, exist_ok=True)
         cid, bundle = plan["id"], plan["bundle"]
         pid_file = os.path.join(bundle, "init.pid")
@@ -109,7 +110,8 @@ class RuncRuntime:
     async def start(self, handle: RuncHandle) -> None:
         await self._runc(["start", handle.cid], log_file=os.path.join(self.work, f"{handle.cid}.log"))
 
-    async def exec(self, plan: dict, child_fds: list[int]) -> tuple[int, aio.Future]:
+    async def exec(self, plan: dict, child_fds: list[int], place=None) -> tuple[int, aio.Future]:
+        assert place is None
         cid = plan["id"]
         directory = tempfile.mkdtemp(prefix=f"{cid}-", dir=self.work)
         try:

@@ -416,9 +416,10 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
     os._exit(1)
 
 
-def exec_main(plan: dict, err_w: int, _start_r: int = -1) -> None:
+def exec_main(plan: dict, err_w: int, start_r: int) -> None:
     """A process in a running container, already in its pid namespace: join the other
-    namespaces and the cgroup, take on the process's identity and limits, exec."""
+    namespaces (the agent puts it in the cgroup meanwhile), wait for the go, take on the
+    process's identity and limits, exec."""
     try:
         proc = plan["process"]
         last_cap = _kernel_last_cap()  # through the agent's /proc, before the mount ns changes
@@ -428,6 +429,9 @@ def exec_main(plan: dict, err_w: int, _start_r: int = -1) -> None:
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])
+        if os.read(start_r, 1) != b"S":
+            os._exit(0)  # the agent gave up on it
+        os.close(start_r)
         _finish_and_exec(proc, err_w, last_cap)
     except ChildError as err:
         _fail(err_w, str(err))

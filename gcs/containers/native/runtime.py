@@ -58,6 +58,12 @@ def _error_text(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip() or "the container process exited during setup"
 
 
+async def _kill_and_reap(pid: int, status: aio.Future) -> None:
+    if not status.done():
+        os.kill(pid, 9)
+    await status
+
+
 class Spawner:
     """The agent's end of the spawner: started on first use, started again if it died.
     One request at a time (the spawner is sequential anyway; a clone takes ~0.3 ms)."""
@@ -107,27 +113,34 @@ class Spawner:
                 raise OSError("the container spawner closed its channel")
             self.unpacker.feed(data)
 
+    async def _send_first(self, data: bytes, fds: list[int]) -> int:
+        """Start the spawner if needed and send the start of a request with its fds."""
+        if self.sock is None:
+            self.start()
+            ready = await self._receive()
+            if "ready" not in ready:
+                raise OSError(f"unexpected greeting {ready!r}")
+        while True:
+            try:
+                return socket.send_fds(self.sock, [data], fds)
+            except (BlockingIOError, InterruptedError):
+                await aio.wait_writable(self.sock.fileno())
+
     async def spawn(self, op: str, plan: dict, fds: dict[str, int], stdio: dict[str, int],
                     pid_ns: str | None) -> int:
         """Clone a container process running child.<op>_main; returns its pid."""
+        order = list(fds.values()) + list(stdio.values())
+        index = {fd: i for i, fd in enumerate(order)}
+        request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
+                   "fds": {k: index[fd] for k, fd in fds.items()}, "pid_ns": pid_ns}
+        data = msgpack.packb(request)
         async with self.lock:
             try:
-                if self.sock is None:
-                    self.start()
-                    ready = await self._receive()
-                    if "ready" not in ready:
-                        raise OSError(f"unexpected greeting {ready!r}")
-                order = list(fds.values()) + list(stdio.values())
-                index = {fd: i for i, fd in enumerate(order)}
-                request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
-                           "fds": {k: index[fd] for k, fd in fds.items()}, "pid_ns": pid_ns}
-                data = msgpack.packb(request)
-                while True:
-                    try:
-                        sent = socket.send_fds(self.sock, [data], order)
-                        break
-                    except (BlockingIOError, InterruptedError):
-                        await aio.wait_writable(self.sock.fileno())
+                try:
+                    sent = await self._send_first(data, order)
+                except OSError:  # it died since the last request, which it had answered: again
+                    self._drop()
+                    sent = await self._send_first(data, order)
                 await aio.sock_sendall(self.sock, data[sent:])
                 reply = await self._receive()
             except OSError as err:
@@ -161,9 +174,10 @@ class NativeRuntime:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
 
-    async def create(self, plan: dict, child_fds: list[int]) -> InitHandle:
+    async def create(self, plan: dict, child_fds: list[int], place=None) -> InitHandle:
         """Clone the init into its (new or joined) pid namespace and let it set everything
-        up to the point of exec; it then waits for start()."""
+        up to the point of exec; it then waits for start(). `place(pid)` (cgroups) runs while
+        the init sets up; it cannot exec before start() anyway."""
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid_ns = [path or "" for kind, path in plan["namespaces"] if kind == "pid"]
@@ -179,12 +193,17 @@ class NativeRuntime:
                 os.close(fd)
         status = self.reaper.watch(pid)
         handle = InitHandle(pid, start_w, err_r, status)
+        if place is not None:
+            try:
+                place(pid)
+            except BaseException:
+                handle.close()
+                await _kill_and_reap(pid, status)
+                raise
         ready = await _read_all(err_r, stop_at=b"R")
         if ready != b"R":
             handle.close()
-            if not status.done():
-                os.kill(pid, 9)
-            await status
+            await _kill_and_reap(pid, status)
             raise hr.GcsError(hr.E_FAIL, f"container setup failed: {_error_text(ready)}")
         return handle
 
@@ -201,20 +220,33 @@ class NativeRuntime:
         if data:
             raise hr.GcsError(hr.E_FAIL, f"starting the container process failed: {_error_text(data)}")
 
-    async def exec(self, plan: dict, child_fds: list[int]) -> tuple[int, aio.Future]:
-        """Start a process in a running container; returns its pid and exit-status future."""
+    async def exec(self, plan: dict, child_fds: list[int], place=None) -> tuple[int, aio.Future]:
+        """Start a process in a running container; returns its pid and exit-status future.
+        It joins the namespaces while `place(pid)` (cgroups) runs, and execs after."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
         try:
-            pid = await self.spawner.spawn("exec", plan, {"err": err_w}, plan["stdio"],
+            pid = await self.spawner.spawn("exec", plan, {"err": err_w, "start": start_r}, plan["stdio"],
                                            pid_ns[0] if pid_ns else None)
         except BaseException:
             os.close(err_r)
+            os.close(start_w)
             raise
         finally:
-            for fd in (err_w, *child_fds):
+            for fd in (err_w, start_r, *child_fds):
                 os.close(fd)
         status = self.reaper.watch(pid)
+        try:
+            if place is not None:
+                place(pid)
+            os.write(start_w, b"S")
+        except BaseException:
+            os.close(err_r)
+            await _kill_and_reap(pid, status)
+            raise
+        finally:
+            os.close(start_w)
         try:
             data = await _read_all(err_r)
         finally:
