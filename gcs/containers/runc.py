@@ -117,7 +117,7 @@ class RuncRuntime:
         try:
             process_file = os.path.join(directory, "process.json")
             with open(process_file, "w") as f:
-                json.dump(plan["process"], f)
+                f.write(json.dumps(plan["process"]))
             pid_file = os.path.join(directory, "pid")
             try:
                 await self._with_console(plan, lambda extra: self._runc(

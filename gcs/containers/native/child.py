@@ -224,8 +224,7 @@ def _apply_sysctl(sysctl: dict) -> None:
     for key, value in sysctl.items():
         path = "/proc/sys/" + key.replace(".", "/")
         try:
-            with open(path, "w") as f:
-                f.write(str(value))
+            _write_file(path, str(value))
         except OSError as err:
             raise ChildError(f"sysctl {key}: {err.strerror}") from None
 
@@ -297,8 +296,7 @@ def _finish_and_exec(proc: dict, err_w: int, last_cap: int) -> None:
 
 def _set_oom_score(proc: dict) -> None:
     if proc.get("oomScoreAdj") is not None:
-        with open("/proc/self/oom_score_adj", "w") as f:
-            f.write(str(proc["oomScoreAdj"]))
+        _write_file("/proc/self/oom_score_adj", str(proc["oomScoreAdj"]))
 
 
 def _become(proc: dict, last_cap: int) -> tuple[str, list[str], dict[str, str]]:
@@ -350,15 +348,36 @@ def _become(proc: dict, last_cap: int) -> tuple[str, list[str], dict[str, str]]:
 
 
 def _home_of(uid: int) -> str:
+    # Raw reads, no text layer: every object this process creates costs copy-on-write faults.
     try:
-        with open("/etc/passwd") as f:
-            for line in f:
-                fields = line.rstrip("\n").split(":")
-                if len(fields) > 5 and fields[2] == str(uid):
-                    return fields[5] or "/"
+        data = _read_file("/etc/passwd")
     except OSError:
-        pass
+        return "/"
+    wanted = str(uid).encode()
+    for line in data.split(b"\n"):
+        fields = line.split(b":")
+        if len(fields) > 5 and fields[2] == wanted:
+            return fields[5].decode("utf-8", "surrogateescape") or "/"
     return "/"
+
+
+def _write_file(path: str, value: str) -> None:
+    fd = os.open(path, os.O_WRONLY | os.O_CLOEXEC)
+    try:
+        os.write(fd, value.encode())
+    finally:
+        os.close(fd)
+
+
+def _read_file(path: str) -> bytes:
+    fd = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        chunks = []
+        while chunk := os.read(fd, 65536):
+            chunks.append(chunk)
+        return b"".join(chunks)
+    finally:
+        os.close(fd)
 
 
 def _check_program(proc: dict) -> None:
@@ -374,18 +393,19 @@ def _check_program(proc: dict) -> None:
 def _join_cgroups(plan: dict) -> None:
     for path in plan.get("cgroup_procs") or []:
         try:
-            with open(path, "w") as f:
-                f.write("0")  # "0": the writing process itself
+            _write_file(path, "0")  # "0": the writing process itself
         except OSError as err:
             raise ChildError(f"join cgroup {os.path.dirname(path)}: {err.strerror}") from None
 
 
 def _kernel_last_cap() -> int:
     try:
-        with open("/proc/sys/kernel/cap_last_cap") as f:
-            return int(f.read())
-    except OSError:
+        return int(_read_file("/proc/sys/kernel/cap_last_cap"))
+    except (OSError, ValueError):
         return len(oci.CAPABILITIES) - 1
+
+
+LAST_CAP = _kernel_last_cap()  # read once, in the spawner
 
 
 def init_main(plan: dict, err_w: int, start_r: int) -> None:
@@ -408,7 +428,7 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
             os._exit(0)  # never started (deleted, or the agent went away)
         os.close(start_r)
         _set_oom_score(plan["process"])
-        _finish_and_exec(plan["process"], err_w, _kernel_last_cap())
+        _finish_and_exec(plan["process"], err_w, LAST_CAP)
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001
@@ -422,8 +442,7 @@ def exec_main(plan: dict, err_w: int, start_r: int) -> None:
     process's identity and limits, exec."""
     try:
         proc = plan["process"]
-        last_cap = _kernel_last_cap()  # through the agent's /proc, before the mount ns changes
-        _set_oom_score(proc)           # likewise
+        _set_oom_score(proc)  # through the agent's /proc, before the mount ns changes
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
         os.setsid()
@@ -432,7 +451,7 @@ def exec_main(plan: dict, err_w: int, start_r: int) -> None:
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # the agent gave up on it
         os.close(start_r)
-        _finish_and_exec(proc, err_w, last_cap)
+        _finish_and_exec(proc, err_w, LAST_CAP)
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001

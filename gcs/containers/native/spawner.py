@@ -23,6 +23,7 @@ import socket
 import sys
 
 MAX_FDS = 16
+REFILL_AFTER = 0.01  # seconds without requests
 
 
 class NetnsPool:
@@ -82,7 +83,9 @@ def _serve(sock: socket.socket) -> None:
                 fds = []
             sock.sendall(msgpack.packb(reply))
         try:
-            netns.refill(lambda: bool(select.select([sock], [], [], 0)[0]))
+            # After a quiet moment only: right after a reply the new process and the agent
+            # are busy, and with few cores the refill would slow them down.
+            netns.refill(lambda: bool(select.select([sock], [], [], REFILL_AFTER)[0]))
         except OSError:
             pass  # no spare namespaces then: each container makes its own
 
