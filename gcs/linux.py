@@ -5,7 +5,10 @@ Loaded only when needed: importing ctypes costs ~10 ms.
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import os
+import socket
+import struct
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Optional
@@ -97,3 +100,13 @@ def clone_parent() -> int:
         err = ctypes.get_errno()
         raise OSError(err, f"clone: {os.strerror(err)}")
     return pid
+
+
+def loopback_up() -> None:
+    """Bring up `lo` in the current network namespace (what runc's "loopback" network does
+    for a new one)."""
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 1
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        current = fcntl.ioctl(sock, siocgifflags, struct.pack("16sH22x", b"lo", 0))
+        flags = struct.unpack_from("16sH", current)[1]
+        fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))

@@ -63,8 +63,10 @@ def _own_cgroup() -> str:
 def _remove_cgroups(base: str) -> None:
     """Best effort: the agent normally removed its subtree itself."""
     from gcs.containers.cgroups import hierarchy_roots, remove_tree
+    import time
+    deadline = time.monotonic() + 2  # processes killed with the namespace may still be leaving
     for hierarchy in hierarchy_roots():
-        remove_tree(os.path.join(hierarchy, base.strip("/")), deadline=0, quiet=True)
+        remove_tree(os.path.join(hierarchy, base.strip("/")), deadline=deadline, quiet=True)
 
 
 def _supervise(child: int, cgroup_base: str) -> None:

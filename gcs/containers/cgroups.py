@@ -49,31 +49,50 @@ def _kv(text: str) -> dict[str, int]:
     return out
 
 
+class Hierarchy:
+    """One mounted cgroup hierarchy: v2's unified one, or a v1 one with its subsystems
+    ("memory", "cpu,cpuacct", "name=systemd")."""
+
+    def __init__(self, mount: str, subsystems: str) -> None:
+        self.mount = mount
+        self.subsystems = subsystems
+        self.name = os.path.basename(mount)  # where a container sees it under /sys/fs/cgroup
+
+
 class Cgroups:
     def __init__(self, base: str = "", reserve: int = DEFAULT_RESERVE) -> None:
         self.v2 = False
-        self.mounts: dict[str, str] = {}  # controller -> hierarchy mount dir
+        self.mounts: dict[str, str] = {}  # controller -> hierarchy mount dir, for limits and stats
+        self.hierarchies: list[Hierarchy] = []  # every hierarchy: a container gets a cgroup in each
         mounts = _cgroup_mounts()
         v1 = {c: d for c, d in mounts.items() if c in V1_CONTROLLERS}
         if v1:
             self.mounts = v1
+            self.hierarchies = _v1_hierarchies()
         elif "" in mounts:
             self.v2 = True
             self.mounts = {"": mounts[""]}
+            self.hierarchies = [Hierarchy(mounts[""], "")]
         self.base = base.rstrip("/")
         self.reserve = reserve
-        self._agent_home: dict[str, str] = {}
 
     @property
     def available(self) -> bool:
         return bool(self.mounts)
 
+    def _rel(self, rel: str) -> str:
+        return (self.base + "/" + rel.strip("/")).strip("/")
+
     def dirs(self, rel: str) -> dict[str, str]:
-        rel = (self.base + "/" + rel.strip("/")).strip("/")
-        return {c: os.path.join(d, rel) for c, d in self.mounts.items()}
+        """The cgroup's directory per limit controller."""
+        return {c: os.path.join(d, self._rel(rel)) for c, d in self.mounts.items()}
+
+    def hierarchy_dirs(self, rel: str) -> list[tuple[Hierarchy, str]]:
+        """The cgroup's directory in every hierarchy."""
+        return [(h, os.path.join(h.mount, self._rel(rel))) for h in self.hierarchies]
 
     def procs_files(self, rel: str) -> list[str]:
-        return sorted({os.path.join(d, "cgroup.procs") for d in self.dirs(rel).values()})
+        return [os.path.join(d, "cgroup.procs") for _, d in self.hierarchy_dirs(rel)]
 
     # --- layout -------------------------------------------------------------------------
     def setup(self) -> None:
@@ -85,15 +104,13 @@ class Cgroups:
         total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
         self.update("/pods", {"memory": {"limit": max(total - self.reserve, 64 << 20)}})
         self.create("/gcs", {})
-        for controller, directory in self.dirs("/gcs").items():
-            self._agent_home[controller] = _own_cgroup_dir(self.mounts[controller], controller)
-            _write(os.path.join(directory, "cgroup.procs"), str(os.getpid()))
+        self.add_process("/gcs", os.getpid())
 
     def create(self, rel: str, resources: dict) -> None:
-        for controller, directory in self.dirs(rel).items():
+        for h, directory in self.hierarchy_dirs(rel):
             fresh = not os.path.isdir(directory)
             os.makedirs(directory, exist_ok=True)
-            if controller == "cpuset" and fresh:
+            if "cpuset" in h.subsystems.split(",") and fresh:
                 _inherit_cpuset(directory)
             if self.v2:
                 self._enable_v2_controllers(directory)
@@ -103,6 +120,16 @@ class Cgroups:
     def add_process(self, rel: str, pid: int) -> None:
         for path in self.procs_files(rel):
             _write(path, str(pid))
+
+    def set_devices(self, rel: str, rules: list[str]) -> None:
+        """v1 device access: deny everything, then the rules in order ("allow c 1:3 rwm")."""
+        directory = next((d for h, d in self.hierarchy_dirs(rel) if "devices" in h.subsystems.split(",")), None)
+        if directory is None:
+            return
+        _write(f"{directory}/devices.deny", "a")
+        for rule in rules:
+            verb, _, spec = rule.partition(" ")
+            _write(f"{directory}/devices.{verb}", spec)
 
     def _enable_v2_controllers(self, directory: str) -> None:
         # Enable along the path below the hierarchy root (never the root's own files).
@@ -130,6 +157,10 @@ class Cgroups:
                 _write(f"{d}/memory.max", str(memory["limit"]) if memory["limit"] > 0 else "max")
             if memory.get("reservation"):
                 _write(f"{d}/memory.low", str(memory["reservation"]))
+            if memory.get("swap"):  # OCI's swap is memory + swap; v2 limits swap alone
+                limit = memory.get("limit") or 0
+                swap = memory["swap"]
+                _write(f"{d}/memory.swap.max", "max" if swap < 0 else str(max(swap - limit, 0)))
             if cpu.get("shares"):
                 _write(f"{d}/cpu.weight", str(1 + ((cpu["shares"] - 2) * 9999) // 262142))
             if cpu.get("quota") or cpu.get("period"):
@@ -145,6 +176,12 @@ class Cgroups:
             _write(f"{dirs['memory']}/memory.limit_in_bytes", str(memory["limit"]))
         if memory.get("reservation") and "memory" in dirs:
             _write(f"{dirs['memory']}/memory.soft_limit_in_bytes", str(memory["reservation"]))
+        if memory.get("swap") and "memory" in dirs:  # OCI's swap is memory + swap, as memsw is
+            _write(f"{dirs['memory']}/memory.memsw.limit_in_bytes", str(memory["swap"]))
+        if memory.get("swappiness") is not None and "memory" in dirs:
+            _write(f"{dirs['memory']}/memory.swappiness", str(memory["swappiness"]))
+        if memory.get("disableOOMKiller") and "memory" in dirs:
+            _write(f"{dirs['memory']}/memory.oom_control", "1")
         if "cpu" in dirs:
             if cpu.get("shares"):
                 _write(f"{dirs['cpu']}/cpu.shares", str(cpu["shares"]))
@@ -237,18 +274,15 @@ class Cgroups:
     # --- removal ------------------------------------------------------------------------
     def delete(self, rel: str, wait: float = 2.0) -> None:
         deadline = time.monotonic() + wait
-        for directory in self.dirs(rel).values():
+        for _, directory in self.hierarchy_dirs(rel):
             remove_tree(directory, deadline)
 
     def teardown(self) -> None:
-        """Local mode: move the agent back where it came from and remove the whole subtree."""
-        for controller, home in self._agent_home.items():
-            try:
-                _write(os.path.join(home, "cgroup.procs"), str(os.getpid()))
-            except hr.GcsError as err:
-                log.warning("could not move the agent back", error=str(err))
+        """Local mode: remove the containers' cgroups. The agent stays in /gcs until it exits
+        (moving it back would mean writing root cgroup files); the local-mode supervisor
+        removes the rest of the subtree after it."""
         if self.base:
-            self.delete("/", wait=2.0)
+            self.delete("/pods", wait=2.0)
 
 
 def hierarchy_roots() -> list[str]:
@@ -310,21 +344,18 @@ def _cgroup_mounts() -> dict[str, str]:
     return mounts
 
 
-def _own_cgroup_dir(mount: str, controller: str) -> str:
-    for line in _read("/proc/self/cgroup").splitlines():
-        _, controllers, path = line.split(":", 2)
-        if (controller and controller in controllers.split(",")) or (not controller and controllers == ""):
-            return os.path.join(mount, path.lstrip("/"))
-    return mount
-
-
-def own_cgroup(controller: str = "memory") -> str:
-    """The agent's own cgroup path (relative to its hierarchy), for a local-mode base."""
-    for line in _read("/proc/self/cgroup").splitlines():
-        _, controllers, path = line.split(":", 2)
-        if controller in controllers.split(",") or controllers == "":
-            return path
-    return "/"
+def _v1_hierarchies() -> list[Hierarchy]:
+    known = {line.split()[0] for line in _read("/proc/cgroups").splitlines()[1:] if line.split()}
+    found: dict[str, Hierarchy] = {}
+    for line in _read("/proc/self/mountinfo").splitlines():
+        head, _, tail = line.partition(" - ")
+        fields, tail_fields = head.split(), tail.split()
+        if len(tail_fields) < 3 or tail_fields[0] != "cgroup" or fields[4] in found:
+            continue
+        subsystems = [o for o in tail_fields[2].split(",") if o in known or o.startswith("name=")]
+        if subsystems:
+            found[fields[4]] = Hierarchy(fields[4], ",".join(subsystems))
+    return list(found.values())
 
 
 def _inherit_cpuset(directory: str) -> None:

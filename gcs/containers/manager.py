@@ -147,6 +147,8 @@ class Containers:
     async def _create(self, c: Container) -> None:
         spec = c.spec
         problems = ocispec.unsupported_features(spec)
+        if self.runtime.name == "native" and self.cgroups is not None and self.cgroups.v2:
+            problems += ocispec.unsupported_resources((spec.get("linux") or {}).get("resources") or {}, cgroup_v2=True)
         if problems:
             raise hr.GcsError(hr.E_NOTIMPL, "the native runtime does not support: " + ", ".join(sorted(set(problems))))
         annotations = spec.get("annotations") or {}
@@ -202,13 +204,16 @@ class Containers:
         resources = linux.get("resources") or {}
         procs: list[str] = []
         place = None
+        devices = ocispec.device_rules(spec)
         if cgroup and any(ns.get("type") == "cgroup" and not ns.get("path") for ns in namespaces):
             # It must be in its cgroup before it unshares its cgroup namespace: it joins itself.
             self.cgroups.create(cgroup, resources)
+            self.cgroups.set_devices(cgroup, devices)
             procs = self.cgroups.procs_files(cgroup)
         elif cgroup:
             def place(pid: int) -> None:  # while the new process sets up its rootfs (2 cores)
                 self.cgroups.create(cgroup, resources)
+                self.cgroups.set_devices(cgroup, devices)  # before it moves in: it makes /dev nodes
                 self.cgroups.add_process(cgroup, pid)
         stdio = ChildStdio(bool(process.get("terminal")), True, True, True)
         c.init_stdio = stdio
@@ -226,6 +231,9 @@ class Containers:
             "readonlyPaths": linux.get("readonlyPaths") or [],
             "sysctl": linux.get("sysctl") or {},
             "cgroup_procs": procs,
+            # v1 hierarchies as the container sees them: [name, its cgroup's directory, subsystems]
+            "cgroup_v1": [[h.name, d, h.subsystems] for h, d in self.cgroups.hierarchy_dirs(cgroup)]
+            if cgroup and not self.cgroups.v2 else [],
             "stdio": stdio.plan,
             "process": process,
         }
@@ -467,7 +475,13 @@ class Containers:
         linux = settings.obj("Linux") if settings is not None else None
         if linux is None:
             raise hr.GcsError(hr.E_INVALIDARG, "ContainerConstraints: missing Linux resources")
+        problems = ocispec.unsupported_resources(linux.data, cgroup_v2=self.cgroups.v2)
+        if problems:
+            raise hr.GcsError(hr.E_NOTIMPL, "ContainerConstraints: not supported: " + ", ".join(problems))
         self.cgroups.update(cgroup, linux.data)
+        if linux.data.get("devices") and self.runtime.name == "native":
+            self.cgroups.set_devices(cgroup, ocispec.device_rules({**c.spec, "linux": {
+                **(c.spec.get("linux") or {}), "resources": {"devices": linux.data["devices"]}}}))
         log.info("updated container constraints", container=cid)
 
     def _pids(self, c: Container) -> list[int]:

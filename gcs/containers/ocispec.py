@@ -102,10 +102,64 @@ def unsupported_features(spec: dict) -> list[str]:
         for name in cap_set or []:
             if name not in CAP_NUMBERS:
                 problems.append(f"unknown capability {name}")
+    problems += unsupported_resources(linux.get("resources") or {}, cgroup_v2=False)
     for rlimit in process.get("rlimits") or []:
         if rlimit.get("type") not in RLIMITS:
             problems.append(f"unknown rlimit {rlimit.get('type')}")
     return problems
+
+
+def unsupported_resources(resources: dict, cgroup_v2: bool) -> list[str]:
+    """LinuxResources the agent's cgroup code cannot apply (Create and ContainerConstraints)."""
+    problems = [name for name in ("blockIO", "hugepageLimits", "network", "rdma", "unified") if resources.get(name)]
+    memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
+    problems += [f"memory.{k}" for k in ("kernel", "kernelTCP") if memory.get(k)]
+    problems += [f"cpu.{k}" for k in ("realtimeRuntime", "realtimePeriod", "idle") if cpu.get(k)]
+    if cgroup_v2:
+        problems += [f"memory.{k} on cgroup v2" for k in ("swappiness", "disableOOMKiller") if memory.get(k)]
+        if resources.get("devices"):
+            problems.append("device access rules on cgroup v2 (needs a BPF device filter)")
+    for rule in resources.get("devices") or []:
+        try:
+            device_rule(rule)
+        except ValueError as err:
+            problems.append(str(err))
+    return problems
+
+
+# runc appends these to every container's device rules (libcontainer/specconv AllowedDevices):
+# (path or None, rule). A rule for a path the spec lists among its devices is left out.
+DEFAULT_DEVICE_RULES = [
+    (None, "allow c *:* m"), (None, "allow b *:* m"),
+    ("/dev/null", "allow c 1:3 rwm"), ("/dev/random", "allow c 1:8 rwm"), ("/dev/full", "allow c 1:7 rwm"),
+    ("/dev/tty", "allow c 5:0 rwm"), ("/dev/zero", "allow c 1:5 rwm"), ("/dev/urandom", "allow c 1:9 rwm"),
+    (None, "allow c 136:* rwm"), (None, "allow c 5:2 rwm"), ("/dev/net/tun", "allow c 10:200 rwm"),
+]
+
+
+def device_rule(rule: dict) -> str:
+    """An OCI LinuxDeviceCgroup as a v1 rule: "allow c 1:3 rwm"."""
+    kind = rule.get("type") or "a"
+    access = rule.get("access") or ""
+    if kind not in ("a", "b", "c") or not access or set(access) - set("rwm"):
+        raise ValueError(f"invalid device rule {rule!r}")
+
+    def number(value) -> str:
+        if value is None or value == -1:
+            return "*"
+        if not isinstance(value, int) or value < 0:
+            raise ValueError(f"invalid device rule {rule!r}")
+        return str(value)
+
+    return f"{'allow' if rule.get('allow') else 'deny'} {kind} {number(rule.get('major'))}:{number(rule.get('minor'))} {access}"
+
+
+def device_rules(spec: dict) -> list[str]:
+    """The spec's device rules followed by runc's defaults, in the order they apply."""
+    linux = spec.get("linux") or {}
+    rules = [device_rule(r) for r in (linux.get("resources") or {}).get("devices") or []]
+    listed = {d.get("path") for d in linux.get("devices") or []}
+    return rules + [rule for path, rule in DEFAULT_DEVICE_RULES if path is None or path not in listed]
 
 
 # --- users and groups in the container's rootfs --------------------------------------------

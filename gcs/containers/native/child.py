@@ -106,7 +106,39 @@ def _mount(source: str | None, target: str, fstype: str | None, flags: int, data
         raise ChildError(f"mount {fstype or 'bind'} {source or ''} on {target}: {os.strerror(err.errno)}") from None
 
 
-def _mount_entry(rootfs: str, m: dict) -> None:
+def _mount_cgroup_v1(dest: str, flags: int, propagation: list[int], hierarchies: list, own_ns: bool) -> None:
+    """runc's view of v1 cgroups: a tmpfs with the container's cgroup of every hierarchy
+    bound under its name (or, in its own cgroup namespace, the hierarchy mounted afresh),
+    symlinks for co-mounted controllers. A read-only mount makes the hierarchies read-only;
+    the tmpfs itself stays writable, as runc 1.1 leaves it."""
+    plain = oci.MS_NOSUID | oci.MS_NODEV | oci.MS_NOEXEC
+    _make_target(dest, True)
+    _mount("tmpfs", dest, "tmpfs", plain, "mode=755")
+    for prop in propagation:
+        _mount(None, dest, None, prop, None)
+    for name, source, subsystems in hierarchies:
+        target = os.path.join(dest, name)
+        os.makedirs(target, exist_ok=True)
+        if own_ns:
+            fs_source, data = ("systemd", "name=systemd") if name == "systemd" else ("cgroup", name)
+            _mount(fs_source, target, "cgroup", plain | (flags & oci.MS_RDONLY), data)
+            continue
+        _mount(source, target, None, oci.MS_BIND | oci.MS_REC, None)
+        extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
+        if extra:
+            _mount(None, target, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
+        for prop in propagation:
+            _mount(None, target, None, prop, None)
+    for name, _, _ in hierarchies:
+        if "," in name:
+            for part in name.split(","):
+                try:
+                    os.symlink(name, os.path.join(dest, part))
+                except FileExistsError:
+                    pass
+
+
+def _mount_entry(rootfs: str, m: dict, plan: dict) -> None:
     dest = secure_join(rootfs, m["destination"])
     kind = m.get("type") or ""
     options = m.get("options") or []
@@ -121,9 +153,13 @@ def _mount_entry(rootfs: str, m: dict) -> None:
         if extra:
             _mount(None, dest, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
     else:
+        if kind == "cgroup" and plan.get("cgroup_v1"):
+            own_ns = any(k == "cgroup" and not p for k, p in plan["namespaces"])
+            _mount_cgroup_v1(dest, flags, propagation, plan["cgroup_v1"], own_ns)
+            return
         _make_target(dest, True)
         if kind == "cgroup":
-            kind, source = "cgroup2", "cgroup2"  # the UVM's cgroups are v2; the container sees its namespace
+            kind, source = "cgroup2", "cgroup2"  # a v2 host: the container sees its cgroup namespace's view
         _mount(source, dest, kind, flags, data)
     for prop in propagation:
         _mount(None, dest, None, prop, None)
@@ -202,7 +238,7 @@ def _setup_rootfs(plan: dict) -> None:
     _mount(rootfs, rootfs, None, oci.MS_BIND | oci.MS_REC, None)
     dev_is_tmpfs = False
     for m in plan["mounts"]:
-        _mount_entry(rootfs, m)
+        _mount_entry(rootfs, m, plan)
         if m.get("destination", "").rstrip("/") == "/dev" and m.get("type") == "tmpfs":
             dev_is_tmpfs = True
     if dev_is_tmpfs:
@@ -414,6 +450,8 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
     try:
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
+        if ["network", None] in plan["namespaces"] and not plan.get("loopback_up"):
+            linux.loopback_up()  # a new network namespace starts with lo down; runc brings it up
         os.setsid()
         if any(kind == "mount" for kind, _ in plan["namespaces"]):
             _setup_rootfs(plan)

@@ -47,6 +47,7 @@ class NetnsPool:
         while self.used and len(self.fds) < self.SIZE and not busy():
             self.linux.unshare(self.linux.CLONE_NEWNET)
             try:
+                self.linux.loopback_up()
                 self.fds.append(os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC))
             finally:
                 self.linux.setns(self.own, self.linux.CLONE_NEWNET)
@@ -102,6 +103,7 @@ def _spawn(request: dict, fds: list[int], mains: dict, sock: socket.socket, own_
             fds.append(spare)  # closed here after the clone, like the agent's fds
             plan["namespaces"] = [["network", f"/proc/self/fd/{spare}"] if ns == ["network", None] else ns
                                   for ns in plan["namespaces"]]
+            plan["loopback_up"] = True
     pid_ns = request.get("pid_ns")
     if pid_ns:
         target = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC)
