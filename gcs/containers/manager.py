@@ -234,18 +234,26 @@ class Containers:
             # v1 hierarchies as the container sees them: [name, its cgroup's directory, subsystems]
             "cgroup_v1": [[h.name, d, h.subsystems] for h, d in self.cgroups.hierarchy_dirs(cgroup)]
             if cgroup and not self.cgroups.v2 else [],
+            "exec_helper": self._exec_helper_cgroups(cgroup) if cgroup and not self.cgroups.v2 else None,
             "stdio": stdio.plan,
             "process": process,
         }
         try:
             c.init_handle = await self.runtime.create(plan, stdio.child_fds, place)
+            await stdio.receive_master()
         except BaseException:
+            handle, c.init_handle = c.init_handle, None
+            if handle is not None:  # made, then its pty never came: end it
+                handle.close()
+                _kill(handle.pid, signal.SIGKILL)
+                await handle.status
+            if hasattr(self.runtime, "forget"):
+                self.runtime.forget(c.id)
             if cgroup:
                 self.cgroups.delete(cgroup)
             raise
         finally:
             stdio.child_fds.clear()
-        await stdio.receive_master()
 
     # --- ExecuteProcess -------------------------------------------------------------------
     async def execute(self, req: ExecuteProcessRequest) -> int:
@@ -462,6 +470,14 @@ class Containers:
                 log.warning("unknown property type ignored", type=kind)
         return encode_json(props)
 
+    def _exec_helper_cgroups(self, cgroup: str) -> dict[str, list[str]]:
+        """The native runtime's exec helper joins the container's v1 cgroups but pids (it must
+        not count against the container's process limit); its exec processes join pids."""
+        procs = {"helper": [], "exec": []}
+        for h, d in self.cgroups.hierarchy_dirs(cgroup):
+            procs["exec" if "pids" in h.subsystems.split(",") else "helper"].append(os.path.join(d, "cgroup.procs"))
+        return procs
+
     def _cgroup(self, c: Container) -> str:
         if self.cgroups is None or not self.cgroups.available:
             return ""
@@ -487,7 +503,8 @@ class Containers:
     def _pids(self, c: Container) -> list[int]:
         cgroup = self._cgroup(c)
         if cgroup and c.init is not None and not c.init.exited:
-            return self.cgroups.pids(cgroup)
+            internal = getattr(self.runtime, "helper_pids", set())
+            return [pid for pid in self.cgroups.pids(cgroup) if pid not in internal]
         pids = []
         if c.init is not None and not c.init.exited and c.own_pid_namespace:
             try:

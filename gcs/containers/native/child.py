@@ -427,6 +427,11 @@ def _check_program(proc: dict) -> None:
 
 
 def _join_cgroups(plan: dict) -> None:
+    for fd in plan.get("cgroup_fds") or []:  # an exec helper's, opened for its exec processes
+        try:
+            os.write(fd, b"0")
+        except OSError as err:
+            raise ChildError(f"join the container's pids cgroup: {err.strerror}") from None
     for path in plan.get("cgroup_procs") or []:
         try:
             _write_file(path, "0")  # "0": the writing process itself
@@ -444,9 +449,10 @@ def _kernel_last_cap() -> int:
 LAST_CAP = _kernel_last_cap()  # read once, in the spawner
 
 
-def init_main(plan: dict, err_w: int, start_r: int) -> None:
+def init_main(plan: dict, fds: dict) -> None:
     """Container init, already in its pid namespace: set everything up, report ready, wait
     for start, exec."""
+    err_w, start_r = fds["err"], fds["start"]
     try:
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
@@ -474,10 +480,11 @@ def init_main(plan: dict, err_w: int, start_r: int) -> None:
     os._exit(1)
 
 
-def exec_main(plan: dict, err_w: int, start_r: int) -> None:
+def exec_main(plan: dict, fds: dict) -> None:
     """A process in a running container, already in its pid namespace: join the other
     namespaces (the agent puts it in the cgroup meanwhile), wait for the go, take on the
     process's identity and limits, exec."""
+    err_w, start_r = fds["err"], fds["start"]
     try:
         proc = plan["process"]
         _set_oom_score(proc)  # through the agent's /proc, before the mount ns changes
