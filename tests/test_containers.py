@@ -304,3 +304,58 @@ def test_pod_workload_joins_the_sandbox(host):
     with pytest.raises(RpcError) as info:  # a workload needs its sandbox
         host.create("orphan", dict(wl_spec, root={"path": host.layers("orphan", ["/run/layers/p0"])}))
     assert info.value.hresult == hr.SYSTEM_NOT_FOUND
+
+
+@pytest.mark.parametrize("host", ["native"], indirect=True)
+def test_exec_helper_serves_later_execs_and_is_replaceable(host):
+    """After a container's first exec, execs are cloned by its exec helper (inside its
+    namespaces and cgroups); the helper is no container process, and if it dies, execs
+    still work through the spawner."""
+    import json
+    root = host.layers("hx", ["/run/layers/p0"])
+    spec = default_spec(["sleep", "60"], root)
+    spec["linux"]["resources"] = {"pids": {"limit": 4}}
+    host.create("hx", spec)
+    init = host.start("hx", stdout=False, stderr=False)
+
+    def run(args):
+        out, err, code = host.exec("hx", args).communicate()
+        assert code == 0, err
+        return out.decode()
+
+    def helpers():
+        stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+        return int(stacks.split("exec_helpers: ")[1].split()[0])
+
+    assert run(["true"]) == "" and helpers() in (0, 1)  # the first exec starts the helper
+    for _ in range(100):
+        if helpers() == 1:
+            break
+        time.sleep(0.02)
+    assert helpers() == 1
+    # Born in the container: its pid namespace, its cgroups, its limits (the helper takes no pid)
+    out = run(["sh", "-c", "echo $$; grep -E ':(memory|pids):' /proc/self/cgroup"]).split("\n")
+    assert int(out[0]) > 1
+    assert all(line.endswith("/pods/hx") for line in out[1:3]), out
+    # the helper takes none of the container's process budget: only the init counts
+    pids_current = host.uvm.client.run(["sh", "-c", "cat /sys/fs/cgroup/pids/*/pods/hx/pids.current "
+                                                    "/sys/fs/cgroup/pids/*/*/*/pods/hx/pids.current 2>/dev/null"])[0]
+    assert pids_current.split() == [b"1"]
+    props = host.bridge.call(RequestId.GET_PROPERTIES, container_id="hx", Query='{"PropertyTypes":["ProcessList"]}')
+    assert [p["ProcessId"] for p in json.loads(props["Properties"])["ProcessList"]] == [init.pid]
+    # the helper is in the container's memory cgroup but is not listed: find it there and end it
+    memory = host.uvm.client.run(["sh", "-c", "cat /sys/fs/cgroup/memory/*/pods/hx/cgroup.procs "
+                                              "/sys/fs/cgroup/memory/*/*/*/pods/hx/cgroup.procs 2>/dev/null"])[0]
+    helper = [int(p) for p in memory.split() if int(p) != init.pid]
+    assert len(helper) == 1
+    host.uvm.client.run(["kill", "-9", str(helper[0])])
+    for _ in range(100):
+        if helpers() == 0:
+            break
+        time.sleep(0.02)
+    assert helpers() == 0
+    assert run(["echo", "still"]) == "still\n"  # through the spawner again
+    init.kill()
+    assert init.wait() == 137
+    host.notification()
+    host.remove("hx")

@@ -101,8 +101,9 @@ class Containers:
         self.containers: dict[str, Container] = {}
 
     def state(self) -> dict[str, int]:
+        runtime = self.runtime.state() if hasattr(self.runtime, "state") else {}
         return {"containers": len(self.containers),
-                "container_execs": sum(len(c.execs) for c in self.containers.values())}
+                "container_execs": sum(len(c.execs) for c in self.containers.values()), **runtime}
 
     def lookup(self, cid: str, allow_creating: bool = False) -> Container:
         c = self.containers.get(cid)

@@ -192,6 +192,7 @@ class ExecHelper(Channel):
     container's namespaces and cgroups, so an exec costs no setns and one cgroup join."""
 
     what = "exec helper"
+    ready = False  # greeted: takes requests
 
     def close(self) -> None:
         if self.pid:
@@ -210,6 +211,9 @@ class NativeRuntime:
         self.spawner = Spawner(reaper)
         self.helpers: dict[str, ExecHelper] = {}
         self.helper_plans: dict[str, tuple[int, dict]] = {}  # made at a container's first exec
+
+    def state(self) -> dict[str, int]:
+        return {"exec_helpers": sum(1 for h in self.helpers.values() if h.ready and h.sock is not None)}
 
     @property
     def helper_pids(self) -> set[int]:
@@ -238,6 +242,7 @@ class NativeRuntime:
             greeting = await helper.receive()
             if "ready" not in greeting:
                 raise hr.GcsError(hr.E_FAIL, f"unexpected greeting {greeting!r}")
+            helper.ready = True
         except (hr.GcsError, OSError) as err:
             log.warning("no exec helper for the container; execs go through the spawner", container=cid,
                         error=str(err))
@@ -311,7 +316,7 @@ class NativeRuntime:
             init_pid, cgroups = self.helper_plans.pop(plan["id"])
             aio.spawn(self._start_helper(plan["id"], init_pid, cgroups), f"exec-helper-{plan['id']}")
         try:
-            if helper is not None and helper.sock is not None and not helper.lock.locked():
+            if helper is not None and helper.ready and helper.sock is not None and not helper.lock.locked():
                 # Born inside the container: no namespaces to join, only the pids cgroup.
                 plan = {**plan, "namespaces": [], "cgroup_procs": []}
                 place = None
