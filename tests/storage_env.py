@@ -97,3 +97,12 @@ class DeviceTree:
 def host_mountinfo():
     with open("/proc/self/mountinfo") as f:
         return f.read()
+
+
+def agent_cgroups(supervisor_pid):
+    """Cgroup directories a local-mode agent (by its supervisor's pid) left anywhere."""
+    import glob
+    found = []
+    for pattern in ("/sys/fs/cgroup/*/pygcs-{}-*", "/sys/fs/cgroup/*/*/pygcs-{}-*", "/sys/fs/cgroup/*/*/*/pygcs-{}-*"):
+        found += glob.glob(pattern.format(supervisor_pid))
+    return found

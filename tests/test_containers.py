@@ -14,7 +14,7 @@ from gcs.protocol.ids import RequestId
 
 from conftest import requires_root
 from containers_env import Host, busybox_rootfs, default_spec
-from storage_env import DeviceTree, Loops, host_mountinfo
+from storage_env import DeviceTree, Loops, agent_cgroups, host_mountinfo
 
 pytestmark = requires_root
 
@@ -38,7 +38,7 @@ def host(request, tmp_path, layer_image):
     except BaseException:
         loops.detach_all()
         raise
-    agent = uvm.agent_pid
+    agent, supervisor = uvm.agent_pid, uvm.proc.pid
     h = Host(uvm)
     try:
         h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
@@ -50,8 +50,7 @@ def host(request, tmp_path, layer_image):
         assert violations == []
         assert not os.path.exists(f"/proc/{agent}")
         assert "/run/gcs" not in host_mountinfo()
-        assert not [d for d in os.listdir("/sys/fs/cgroup/pids") if d.startswith("pygcs-")] \
-            if os.path.isdir("/sys/fs/cgroup/pids") else True
+        assert agent_cgroups(supervisor) == []
 
 
 def run_container(host, cid, args, **process):

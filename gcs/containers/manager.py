@@ -3,6 +3,7 @@ SignalProcess, ResizeConsole, Shutdown*, DeleteContainerState, GetProperties
 (protocol.md 3.1-3.8, 3.11, 3.13, 6.7)."""
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -211,6 +212,11 @@ class Containers:
             self.cgroups.create(cgroup, resources)
             self.cgroups.set_devices(cgroup, devices)
             procs = self.cgroups.procs_files(cgroup)
+        elif cgroup and any(m.get("type") == "cgroup" for m in spec.get("mounts") or []):
+            # Its cgroup mount binds the cgroup's directories: they must exist before it starts.
+            self.cgroups.create(cgroup, resources)
+            self.cgroups.set_devices(cgroup, devices)
+            place = functools.partial(self.cgroups.add_process, cgroup)
         elif cgroup:
             def place(pid: int) -> None:  # while the new process sets up its rootfs (2 cores)
                 self.cgroups.create(cgroup, resources)

@@ -141,7 +141,8 @@ class RuncRuntime:
             log.warning("runc delete failed", container=cid, error=str(err))
 
     def teardown(self) -> None:
-        """Remove the (now empty) cgroup subtree runc made under cgroup_parent."""
+        """Remove the (now empty) cgroups runc made for containers under cgroup_parent (the
+        agent's own /gcs there is left to the local-mode supervisor)."""
         if not self.cgroup_parent:
             return
         import time
@@ -149,7 +150,7 @@ class RuncRuntime:
         from gcs.containers.cgroups import hierarchy_roots, remove_tree
         deadline = time.monotonic() + 2.0
         for hierarchy in hierarchy_roots():  # runc uses every hierarchy, not only ours
-            remove_tree(os.path.join(hierarchy, self.cgroup_parent.strip("/")), deadline)
+            remove_tree(os.path.join(hierarchy, self.cgroup_parent.strip("/"), "pods"), deadline)
 
 
 def _last_error(log_file: str) -> str:

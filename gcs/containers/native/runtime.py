@@ -365,6 +365,13 @@ class NativeRuntime:
                 await helper.status  # out of the container's cgroups before they go
 
     def teardown(self) -> None:
+        """At shutdown, the loop no longer running: end the helpers and the spawner, and reap
+        them here (an unreaped helper would keep its container's cgroups busy)."""
         for helper in self.helpers.values():
             helper.close()
+            if helper.status is not None and not helper.status.done():
+                try:
+                    os.waitpid(helper.pid, 0)
+                except ChildProcessError:
+                    pass
         self.spawner.stop()
