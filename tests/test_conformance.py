@@ -201,6 +201,10 @@ def normalized(out: str, variant: str) -> str:
         # runc 1.1 ignores an exec's user.umask (the process keeps runc's 0022); the native
         # runtime applies it, as the runtime spec says. Compared in test_exec_umask instead.
         out = re.sub(r"^umask=\d+$", "umask=(compared elsewhere)", out, flags=re.M)
+        # runc 1.1.5's exec races with the Go runtime over RLIMIT_NOFILE and now and then
+        # leaves soft = hard (opencontainers/runc#4195, fixed in 1.1.13). Checked in
+        # test_exec_umask_and_nofile instead.
+        out = re.sub(r"^limit:Max open files .*$", "limit:Max open files (compared elsewhere)", out, flags=re.M)
     return out
 
 
@@ -241,12 +245,15 @@ def test_observations_are_meaningful(observations):
     assert "host=podhost" in runc["pod-workload"] and "pid1=sleep 60" in runc["pod-workload"]
     assert "ids=1000 1000 1000 4000" in runc["exec"] and "umask=0022" in runc["exec"]
     assert "CapBnd:\t0000000000000021" in runc["exec"] and "NoNewPrivs:\t1" in runc["exec"]
-    assert "limit:Max open files            333" in runc["exec"]
     assert "cgroup:pids/pids.max=55" in runc["exec"] and "cwd=/tmp" in runc["exec"]
     assert runc["exec-terminal"].startswith("/dev/pts/")
 
 
-def test_exec_umask(observations):
-    """The one deliberate difference: an exec's user.umask is applied (runc 1.1 drops it)."""
-    assert "umask=0077" in observations["native"]["exec"][1]
+def test_exec_umask_and_nofile(observations):
+    """Where runc 1.1.5 is no oracle for an exec: its user.umask is applied (runc drops it),
+    and its RLIMIT_NOFILE is exactly the spec's (runc's is racy)."""
+    for variant in ("exec", "exec-terminal"):
+        native = observations["native"][variant][1]
+        assert "umask=0077" in native
+        assert re.search(r"^limit:Max open files +333 +444 +files", native, flags=re.M), native
     assert "umask=0022" in observations["runc"]["exec"][1]

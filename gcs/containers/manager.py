@@ -102,9 +102,8 @@ class Containers:
         self.containers: dict[str, Container] = {}
 
     def state(self) -> dict[str, int]:
-        runtime = self.runtime.state() if hasattr(self.runtime, "state") else {}
         return {"containers": len(self.containers),
-                "container_execs": sum(len(c.execs) for c in self.containers.values()), **runtime}
+                "container_execs": sum(len(c.execs) for c in self.containers.values())}
 
     def lookup(self, cid: str, allow_creating: bool = False) -> Container:
         c = self.containers.get(cid)
@@ -241,7 +240,6 @@ class Containers:
             # v1 hierarchies as the container sees them: [name, its cgroup's directory, subsystems]
             "cgroup_v1": [[h.name, d, h.subsystems] for h, d in self.cgroups.hierarchy_dirs(cgroup)]
             if cgroup and not self.cgroups.v2 else [],
-            "exec_helper": self._exec_helper_cgroups(cgroup) if cgroup and not self.cgroups.v2 else None,
             "stdio": stdio.plan,
             "process": process,
         }
@@ -254,8 +252,6 @@ class Containers:
                 handle.close()
                 _kill(handle.pid, signal.SIGKILL)
                 await handle.status
-            if hasattr(self.runtime, "forget"):
-                self.runtime.forget(c.id)
             if cgroup:
                 self.cgroups.delete(cgroup)
             raise
@@ -477,14 +473,6 @@ class Containers:
                 log.warning("unknown property type ignored", type=kind)
         return encode_json(props)
 
-    def _exec_helper_cgroups(self, cgroup: str) -> dict[str, list[str]]:
-        """The native runtime's exec helper joins the container's v1 cgroups but pids (it must
-        not count against the container's process limit); its exec processes join pids."""
-        procs = {"helper": [], "exec": []}
-        for h, d in self.cgroups.hierarchy_dirs(cgroup):
-            procs["exec" if "pids" in h.subsystems.split(",") else "helper"].append(os.path.join(d, "cgroup.procs"))
-        return procs
-
     def _cgroup(self, c: Container) -> str:
         if self.cgroups is None or not self.cgroups.available:
             return ""
@@ -510,8 +498,7 @@ class Containers:
     def _pids(self, c: Container) -> list[int]:
         cgroup = self._cgroup(c)
         if cgroup and c.init is not None and not c.init.exited:
-            internal = getattr(self.runtime, "helper_pids", set())
-            return [pid for pid in self.cgroups.pids(cgroup) if pid not in internal]
+            return self.cgroups.pids(cgroup)
         pids = []
         if c.init is not None and not c.init.exited and c.own_pid_namespace:
             try:

@@ -427,11 +427,6 @@ def _check_program(proc: dict) -> None:
 
 
 def _join_cgroups(plan: dict) -> None:
-    for fd in plan.get("cgroup_fds") or []:  # an exec helper's, opened for its exec processes
-        try:
-            os.write(fd, b"0")
-        except OSError as err:
-            raise ChildError(f"join the container's pids cgroup: {err.strerror}") from None
     for path in plan.get("cgroup_procs") or []:
         try:
             _write_file(path, "0")  # "0": the writing process itself

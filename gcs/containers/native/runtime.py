@@ -15,7 +15,6 @@ import time
 import msgpack
 
 from gcs import aio
-from gcs.containers.ocispec import NAMESPACE_FILES
 from gcs.log import log
 from gcs.protocol import hresult as hr
 from gcs.runtime.reaper import Reaper, exit_code
@@ -65,83 +64,17 @@ async def _kill_and_reap(pid: int, status: aio.Future) -> None:
     await status
 
 
-class Channel:
-    """Requests to a process that clones container processes (the spawner, or a container's
-    exec helper): msgpack over a Unix socket, fds alongside, one request at a time."""
-
-    what = "container spawner"
+class Spawner:
+    """The agent's end of the spawner (spawner.py): started on first use, started again if it
+    died. msgpack over a Unix socket, fds alongside, one request at a time (the spawner is
+    sequential anyway; a clone takes ~0.3 ms)."""
 
     def __init__(self, reaper: Reaper) -> None:
         self.reaper = reaper
         self.sock: socket.socket | None = None
         self.pid = 0
-        self.status: aio.Future | None = None  # the reaper's future for pid
         self.lock = aio.Lock()
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-
-    def attach(self, sock: socket.socket, pid: int, status: aio.Future) -> None:
-        sock.setblocking(False)
-        self.sock, self.pid, self.status = sock, pid, status
-        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        status.add_done_callback(lambda f: self._exited(sock, pid, f.result()))
-
-    def _exited(self, sock: socket.socket, pid: int, status: int) -> None:
-        if self.sock is sock:
-            log.warning(f"the {self.what} exited", pid=pid, exit_code=exit_code(status))
-            if not self.lock.locked():  # a request in flight sees EOF and drops the channel itself
-                self.drop()
-
-    def drop(self) -> None:
-        if self.sock is not None:
-            aio.get_loop().forget_fd(self.sock.fileno())
-            self.sock.close()
-            self.sock = None
-
-    async def receive(self) -> dict:
-        while True:
-            for message in self.unpacker:
-                return message
-            data = await aio.sock_recv(self.sock, 1 << 16)
-            if not data:
-                raise OSError(f"the {self.what} closed its channel")
-            self.unpacker.feed(data)
-
-    async def _send(self, data: bytes, fds: list[int]) -> None:
-        while True:
-            try:
-                sent = socket.send_fds(self.sock, [data], fds)
-                break
-            except (BlockingIOError, InterruptedError):
-                await aio.wait_writable(self.sock.fileno())
-        await aio.sock_sendall(self.sock, data[sent:])
-
-    async def spawn(self, op: str, plan: dict, fds: dict[str, int], stdio: dict[str, int],
-                    pid_ns: str | None = None) -> int:
-        """Clone a process running <op>_main (see spawner.py); returns its pid."""
-        order = list(fds.values()) + list(stdio.values())
-        index = {fd: i for i, fd in enumerate(order)}
-        request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
-                   "fds": {k: index[fd] for k, fd in fds.items()}, "pid_ns": pid_ns}
-        data = msgpack.packb(request)
-        async with self.lock:
-            try:
-                await self._ensure_and_send(data, order)
-                reply = await self.receive()
-            except OSError as err:
-                self.drop()
-                raise hr.GcsError(hr.E_FAIL, f"{self.what}: {err.strerror or err}") from None
-        if "error" in reply:
-            raise hr.GcsError(hr.E_FAIL, f"container setup failed: {reply['error']}")
-        return reply["pid"]
-
-    async def _ensure_and_send(self, data: bytes, fds: list[int]) -> None:
-        if self.sock is None:
-            raise OSError(f"the {self.what} is gone")
-        await self._send(data, fds)
-
-
-class Spawner(Channel):
-    """The spawner process: started on first use, started again if it died."""
 
     def start(self) -> None:
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
@@ -153,27 +86,74 @@ class Spawner(Channel):
             pid = os.posix_spawn(sys.executable, argv, env, file_actions=actions)
         finally:
             theirs.close()
-        self.attach(ours, pid, self.reaper.watch(pid))
+        ours.setblocking(False)
+        self.sock, self.pid = ours, pid
+        self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
+        self.reaper.watch(pid).add_done_callback(lambda f: self._exited(ours, pid, f.result()))
 
-    async def _ensure_and_send(self, data: bytes, fds: list[int]) -> None:
-        for attempt in (1, 2):
+    def _exited(self, sock: socket.socket, pid: int, status: int) -> None:
+        if self.sock is sock:
+            log.warning("the container spawner exited; starting another on next use", pid=pid,
+                        exit_code=exit_code(status))
+            if not self.lock.locked():  # a request in flight sees EOF and drops the channel itself
+                self._drop()
+
+    def _drop(self) -> None:
+        if self.sock is not None:
+            aio.get_loop().forget_fd(self.sock.fileno())
+            self.sock.close()
+            self.sock = None
+
+    async def _receive(self) -> dict:
+        while True:
+            for message in self.unpacker:
+                return message
+            data = await aio.sock_recv(self.sock, 1 << 16)
+            if not data:
+                raise OSError("the container spawner closed its channel")
+            self.unpacker.feed(data)
+
+    async def _send_first(self, data: bytes, fds: list[int]) -> int:
+        """Start the spawner if needed and send the start of a request with its fds."""
+        if self.sock is None:
+            self.start()
+            ready = await self._receive()
+            if "ready" not in ready:
+                raise OSError(f"unexpected greeting {ready!r}")
+        while True:
             try:
-                if self.sock is None:
-                    self.start()
-                    ready = await self.receive()
-                    if "ready" not in ready:
-                        raise OSError(f"unexpected greeting {ready!r}")
-                await self._send(data, fds)
-                return
-            except OSError:
-                self.drop()
-                if attempt == 2:  # else: it died since the last request, which it had answered
-                    raise
+                return socket.send_fds(self.sock, [data], fds)
+            except (BlockingIOError, InterruptedError):
+                await aio.wait_writable(self.sock.fileno())
+
+    async def spawn(self, op: str, plan: dict, fds: dict[str, int], stdio: dict[str, int],
+                    pid_ns: str | None) -> int:
+        """Clone a container process running child.<op>_main; returns its pid."""
+        order = list(fds.values()) + list(stdio.values())
+        index = {fd: i for i, fd in enumerate(order)}
+        request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
+                   "fds": {k: index[fd] for k, fd in fds.items()}, "pid_ns": pid_ns}
+        data = msgpack.packb(request)
+        async with self.lock:
+            try:
+                try:
+                    sent = await self._send_first(data, order)
+                except OSError:  # it died since the last request, which it had answered: again
+                    self._drop()
+                    sent = await self._send_first(data, order)
+                await aio.sock_sendall(self.sock, data[sent:])
+                reply = await self._receive()
+            except OSError as err:
+                self._drop()
+                raise hr.GcsError(hr.E_FAIL, f"container spawner: {err.strerror or err}") from None
+        if "error" in reply:
+            raise hr.GcsError(hr.E_FAIL, f"container setup failed: {reply['error']}")
+        return reply["pid"]
 
     def stop(self) -> None:
         """At shutdown (the loop no longer runs): close the channel, the spawner exits."""
         pid = self.pid if self.sock is not None else 0
-        self.drop()
+        self._drop()
         deadline = time.monotonic() + 2
         while pid:
             try:
@@ -187,73 +167,12 @@ class Spawner(Channel):
             time.sleep(0.005)
 
 
-class ExecHelper(Channel):
-    """A container's exec helper (spawner.helper_main): exec processes are cloned inside the
-    container's namespaces and cgroups, so an exec costs no setns and one cgroup join."""
-
-    what = "exec helper"
-    ready = False  # greeted: takes requests
-
-    def close(self) -> None:
-        if self.pid:
-            try:
-                os.kill(self.pid, 9)
-            except ProcessLookupError:
-                pass
-        self.drop()
-
-
 class NativeRuntime:
     name = "native"
 
     def __init__(self, reaper: Reaper) -> None:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
-        self.helpers: dict[str, ExecHelper] = {}
-        self.helper_plans: dict[str, tuple[int, dict]] = {}  # made at a container's first exec
-
-    def state(self) -> dict[str, int]:
-        return {"exec_helpers": sum(1 for h in self.helpers.values() if h.ready and h.sock is not None)}
-
-    @property
-    def helper_pids(self) -> set[int]:
-        return {h.pid for h in self.helpers.values() if h.pid}
-
-    async def _start_helper(self, cid: str, init_pid: int, cgroups: dict) -> None:
-        """In the background: an exec helper in a running container. Execs use the spawner
-        until it is ready, or if it cannot be made."""
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        helper = ExecHelper(self.reaper)
-        self.helpers[cid] = helper
-        plan = {"namespaces": [(kind, f"/proc/{init_pid}/ns/{name}") for kind, name in NAMESPACE_FILES.items()],
-                "cgroup_procs": cgroups["helper"], "exec_cgroup_procs": cgroups["exec"]}
-        try:
-            try:
-                pid = await self.spawner.spawn("helper", plan, {"err": err_w, "channel": theirs.fileno()}, {})
-            finally:
-                os.close(err_w)
-                theirs.close()
-            helper.attach(ours, pid, self.reaper.watch(pid))
-            ours = None
-            ready = await _read_all(err_r, stop_at=b"R")
-            if ready != b"R":
-                raise hr.GcsError(hr.E_FAIL, _error_text(ready))
-            greeting = await helper.receive()
-            if "ready" not in greeting:
-                raise hr.GcsError(hr.E_FAIL, f"unexpected greeting {greeting!r}")
-            helper.ready = True
-        except (hr.GcsError, OSError) as err:
-            log.warning("no exec helper for the container; execs go through the spawner", container=cid,
-                        error=str(err))
-            helper.close()
-        finally:
-            aio.get_loop().forget_fd(err_r)
-            os.close(err_r)
-            if ours is not None:
-                ours.close()
-        if self.helpers.get(cid) is not helper or helper.sock is None:
-            helper.close()  # deleted meanwhile, or failed
 
     async def create(self, plan: dict, child_fds: list[int], place=None) -> InitHandle:
         """Clone the init into its (new or joined) pid namespace and let it set everything
@@ -286,8 +205,6 @@ class NativeRuntime:
             handle.close()
             await _kill_and_reap(pid, status)
             raise hr.GcsError(hr.E_FAIL, f"container setup failed: {_error_text(ready)}")
-        if plan.get("exec_helper") is not None:
-            self.helper_plans[plan["id"]] = (pid, plan["exec_helper"])
         return handle
 
     async def start(self, handle: InitHandle) -> None:
@@ -309,21 +226,9 @@ class NativeRuntime:
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
-        helper = self.helpers.get(plan["id"])
-        if helper is None and plan["id"] in self.helper_plans:
-            # Its first exec: from the next one on, execs go through a helper. A container that
-            # never execs (most run their init alone) costs nothing more.
-            init_pid, cgroups = self.helper_plans.pop(plan["id"])
-            aio.spawn(self._start_helper(plan["id"], init_pid, cgroups), f"exec-helper-{plan['id']}")
         try:
-            if helper is not None and helper.ready and helper.sock is not None and not helper.lock.locked():
-                # Born inside the container: no namespaces to join, only the pids cgroup.
-                plan = {**plan, "namespaces": [], "cgroup_procs": []}
-                place = None
-                pid = await helper.spawn("exec", plan, {"err": err_w, "start": start_r}, plan["stdio"])
-            else:
-                pid = await self.spawner.spawn("exec", plan, {"err": err_w, "start": start_r}, plan["stdio"],
-                                               pid_ns[0] if pid_ns else None)
+            pid = await self.spawner.spawn("exec", plan, {"err": err_w, "start": start_r}, plan["stdio"],
+                                           pid_ns[0] if pid_ns else None)
         except BaseException:
             os.close(err_r)
             os.close(start_w)
@@ -352,26 +257,5 @@ class NativeRuntime:
             raise hr.GcsError(hr.E_FAIL, f"exec in the container failed (exit {code}): {_error_text(data)}")
         return pid, status
 
-    def forget(self, cid: str) -> None:
-        """A container that failed to be created."""
-        self.helper_plans.pop(cid, None)
-
-    async def delete(self, cid: str) -> None:
-        self.helper_plans.pop(cid, None)
-        helper = self.helpers.pop(cid, None)
-        if helper is not None:
-            helper.close()
-            if helper.status is not None:
-                await helper.status  # out of the container's cgroups before they go
-
     def teardown(self) -> None:
-        """At shutdown, the loop no longer running: end the helpers and the spawner, and reap
-        them here (an unreaped helper would keep its container's cgroups busy)."""
-        for helper in self.helpers.values():
-            helper.close()
-            if helper.status is not None and not helper.status.done():
-                try:
-                    os.waitpid(helper.pid, 0)
-                except ChildProcessError:
-                    pass
         self.spawner.stop()

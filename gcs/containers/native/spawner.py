@@ -10,11 +10,10 @@ Children are cloned with CLONE_PARENT: they are the agent's children, so the age
 reaper sees their exits directly and they outlive a crash of the spawner.
 
 Protocol over a Unix stream socket, msgpack objects one after the other:
-  agent -> spawner  {"op": "init"|"exec"|"helper", "plan": {...}, "fds": {name: index},
+  agent -> spawner  {"op": "init"|"exec", "plan": {...}, "fds": {name: index},
                      "pid_ns": None | "" (new) | path (join)}   + the fds (SCM_RIGHTS)
   spawner -> agent  {"pid": N} or {"error": "..."}; first of all {"ready": spawner pid}
-The plan's "stdio" values are indices into the request's fds as well. An exec helper
-(see helper_main) answers "exec" requests on its own channel, the same way.
+The plan's "stdio" values are indices into the request's fds as well.
 """
 from __future__ import annotations
 
@@ -55,11 +54,9 @@ class NetnsPool:
 
 
 class Server:
-    """The request loop, in the spawner and (with only "exec") in each exec helper."""
+    """The spawner's request loop."""
 
-    def __init__(self, sock: socket.socket, mains: dict, netns: NetnsPool | None = None,
-                 pid_namespaces: bool = True, extra_plan: dict | None = None) -> None:
-        self.extra_plan = extra_plan or {}  # merged into every request's plan
+    def __init__(self, sock: socket.socket, mains: dict, netns: NetnsPool) -> None:
         import msgpack
 
         from gcs import fdpass, linux
@@ -67,7 +64,7 @@ class Server:
         self.sock, self.mains, self.netns = sock, mains, netns
         self.msgpack, self.fdpass, self.linux = msgpack, fdpass, linux
         # Requests may name a pid namespace for the new process; the spawner returns to its own.
-        self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC) if pid_namespaces else -1
+        self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
     def serve(self) -> None:
         import select
@@ -91,13 +88,12 @@ class Server:
                         os.close(fd)
                     fds = []
                 self.sock.sendall(self.msgpack.packb(reply))
-            if self.netns is not None:
-                try:
-                    # After a quiet moment only: right after a reply the new process and the
-                    # agent are busy, and with few cores the refill would slow them down.
-                    self.netns.refill(lambda: bool(select.select([self.sock], [], [], REFILL_AFTER)[0]))
-                except OSError:
-                    pass  # no spare namespaces then: each container makes its own
+            try:
+                # After a quiet moment only: right after a reply the new process and the agent
+                # are busy, and with few cores the refill would slow them down.
+                self.netns.refill(lambda: bool(select.select([self.sock], [], [], REFILL_AFTER)[0]))
+            except OSError:
+                pass  # no spare namespaces then: each container makes its own
 
     def _spawn(self, request: dict, fds: list[int]) -> int:
         linux = self.linux
@@ -105,8 +101,7 @@ class Server:
         named = {name: fds[index] for name, index in request["fds"].items()}
         plan = request["plan"]
         plan["stdio"] = {name: fds[index] for name, index in plan.get("stdio", {}).items()}
-        plan.update(self.extra_plan)
-        if self.netns is not None and request["op"] == "init" and ["network", None] in plan["namespaces"]:
+        if request["op"] == "init" and ["network", None] in plan["namespaces"]:
             spare = self.netns.take()
             if spare is not None:
                 fds.append(spare)  # closed here after the clone, like the agent's fds
@@ -127,8 +122,7 @@ class Server:
             if pid == 0:  # the new process: never returns
                 try:
                     self.sock.close()
-                    if self.own_pid_ns >= 0:
-                        os.close(self.own_pid_ns)
+                    os.close(self.own_pid_ns)
                     main(plan, named)
                 finally:
                     os._exit(1)
@@ -138,45 +132,11 @@ class Server:
         return pid
 
 
-def helper_main(plan: dict, fds: dict) -> None:
-    """An exec helper: a process that sits in a running container's namespaces and cgroups
-    (all but pids, so it takes none of the container's process budget) and clones the
-    container's exec processes there. They are born inside: no setns, and only the pids
-    cgroup to join. It lives in the agent's pid namespace, invisible to the container."""
-    from gcs.containers.native import child
-
-    try:
-        import prctl
-
-        prctl.set_pdeathsig(signal.SIGKILL)
-        keep = {fds["channel"], fds["err"]}
-        for fd in [int(name) for name in os.listdir("/proc/self/fd")]:
-            if fd > 2 and fd not in keep:  # the spawner's: spare network namespaces and the like
-                try:
-                    os.close(fd)
-                except OSError:
-                    pass
-        child._join_cgroups(plan)
-        # Its exec processes join the rest (pids) through these, opened while the paths are
-        # still reachable: the container's mount namespace does not show them.
-        cgroup_fds = [os.open(path, os.O_WRONLY | os.O_CLOEXEC) for path in plan["exec_cgroup_procs"]]
-        child._enter_namespaces(plan["namespaces"])  # pid: only what its children join
-        os.chdir("/")
-        channel = socket.socket(fileno=fds["channel"])
-        os.write(fds["err"], b"R")
-        os.close(fds["err"])
-    except BaseException as err:  # noqa: BLE001
-        child._fail(fds["err"], f"exec helper: {type(err).__name__}: {err}")
-    Server(channel, {"exec": child.exec_main}, pid_namespaces=False, extra_plan={"cgroup_fds": cgroup_fds}).serve()
-    os._exit(0)
-
-
 def _serve(sock: socket.socket) -> None:
     from gcs import linux
     from gcs.containers.native import child
 
-    Server(sock, {"init": child.init_main, "exec": child.exec_main, "helper": helper_main},
-           NetnsPool(linux)).serve()
+    Server(sock, {"init": child.init_main, "exec": child.exec_main}, NetnsPool(linux)).serve()
 
 
 def main() -> None:
