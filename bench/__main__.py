@@ -263,6 +263,7 @@ def bench_containers(tmp: str, runs: int = 40, execs: int = 100) -> None:
                                 TimeoutInMs=0xFFFFFFFF)["ExitCode"] == 0
                     if i:
                         samples[runtime]["exec"].append(time.perf_counter() - t0)
+        spawner = _memory_of_spawner(agents["native"].pid)
     finally:
         for agent in agents.values():
             agent.stop()
@@ -277,6 +278,25 @@ def bench_containers(tmp: str, runs: int = 40, execs: int = 100) -> None:
     report("exec+wait /bin/true in a running container (native)", native["exec"], "ms", "<= 4 ms", "18.6 ms")
     report("  same with --runtime runc", runc["exec"], "ms", "-", "18.6 ms")
     report("  native speed-up over runc", runc["exec"] / native["exec"], "x", "-", "-")
+    if spawner:
+        report("native runtime's spawner process RSS (PSS)", spawner[0], f"MiB ({spawner[1]:.1f})", "-", "-")
+
+
+def _memory_of_spawner(agent_pid: int) -> tuple[float, float] | None:
+    """RSS and PSS of the native runtime's spawner (a child of the agent), in MiB."""
+    with open(f"/proc/{agent_pid}/task/{agent_pid}/children") as f:
+        children = f.read().split()
+    for pid in children:
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as f:
+                if b"gcs.containers.native.spawner" not in f.read():
+                    continue
+            with open(f"/proc/{pid}/smaps_rollup") as f:
+                fields = {line.split(":")[0]: int(line.split()[1]) for line in f if line.endswith("kB\n")}
+            return fields["Rss"] / 1024, fields["Pss"] / 1024
+        except (OSError, KeyError, ValueError):
+            continue
+    return None
 
 
 def bench_vsock(tmp: str, mib: int = 256) -> None:

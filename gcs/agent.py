@@ -117,6 +117,9 @@ class Agent:
                 self.containers
             except Exception as err:  # noqa: BLE001 - a UVM without cgroups still serves processes
                 log.error("cgroup setup failed", error=str(err))
+                return
+            if hasattr(self._containers.runtime, "prestart"):
+                self._containers.runtime.prestart()  # the first Create need not wait for it
 
     async def handle(self, incoming: IncomingRequest) -> dict[str, Any]:
         req = incoming.request

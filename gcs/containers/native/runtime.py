@@ -113,13 +113,24 @@ class Spawner:
                 raise OSError("the container spawner closed its channel")
             self.unpacker.feed(data)
 
-    async def _send_first(self, data: bytes, fds: list[int]) -> int:
-        """Start the spawner if needed and send the start of a request with its fds."""
+    async def _ensure_started(self) -> None:
         if self.sock is None:
             self.start()
             ready = await self._receive()
             if "ready" not in ready:
                 raise OSError(f"unexpected greeting {ready!r}")
+
+    async def prestart(self) -> None:
+        async with self.lock:
+            try:
+                await self._ensure_started()
+            except OSError as err:
+                self._drop()
+                log.warning("the container spawner did not start; trying again on first use", error=str(err))
+
+    async def _send_first(self, data: bytes, fds: list[int]) -> int:
+        """Start the spawner if needed and send the start of a request with its fds."""
+        await self._ensure_started()
         while True:
             try:
                 return socket.send_fds(self.sock, [data], fds)
@@ -173,6 +184,10 @@ class NativeRuntime:
     def __init__(self, reaper: Reaper) -> None:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
+
+    def prestart(self) -> None:
+        """Start the spawner now, in the background (in a UVM, right after negotiation)."""
+        aio.spawn(self.spawner.prestart(), "spawner-start")
 
     async def create(self, plan: dict, child_fds: list[int], place=None) -> InitHandle:
         """Clone the init into its (new or joined) pid namespace and let it set everything
