@@ -194,8 +194,13 @@ def _mknod(path: str, mode: int, major: int, minor: int, uid: int, gid: int) -> 
 
 
 def _pivot_root(rootfs: str) -> None:
-    os.chdir(rootfs)
-    linux.pivot_root(".", ".")
+    old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        os.chdir(rootfs)
+        linux.pivot_root(".", ".")  # the old root now sits on top of the new one
+        os.fchdir(old_root)  # "." must name the old root below, not the new one under it
+    finally:
+        os.close(old_root)
     _mount(None, ".", None, oci.MS_SLAVE | oci.MS_REC, None)  # keep the unmount below private
     linux.umount(".", MNT_DETACH)
     os.chdir("/")
@@ -235,6 +240,7 @@ def _setup_rootfs(plan: dict) -> None:
     rootfs = plan["rootfs"]
     propagation = oci.PROPAGATION_FLAGS.get(plan.get("rootfsPropagation") or "", oci.MS_SLAVE | oci.MS_REC)
     _mount(None, "/", None, propagation | oci.MS_REC, None)
+    _parent_mount_private(rootfs)
     _mount(rootfs, rootfs, None, oci.MS_BIND | oci.MS_REC, None)
     dev_is_tmpfs = False
     for m in plan["mounts"]:
@@ -246,6 +252,20 @@ def _setup_rootfs(plan: dict) -> None:
     _pivot_root(rootfs)
     if plan.get("readonlyRoot"):
         _mount(None, "/", None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY, None)
+
+
+def _parent_mount_private(rootfs: str) -> None:
+    """pivot_root refuses a new root whose parent mount is shared (rootfsPropagation
+    "shared"/"rshared"), and a shared parent would carry the rootfs bind back to the agent:
+    make the mount holding the rootfs private if it is shared, as runc does."""
+    best, shared = "", False
+    for line in _read_file("/proc/self/mountinfo").decode("utf-8", "surrogateescape").splitlines():
+        fields = line.split(" - ")[0].split()
+        point = fields[4].replace("\\040", " ")
+        if (rootfs == point or rootfs.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
+            best, shared = point, any(f.startswith("shared:") for f in fields[6:])
+    if shared:
+        _mount(None, best, None, oci.MS_PRIVATE, None)
 
 
 def _protect_paths(plan: dict) -> None:
