@@ -21,7 +21,8 @@ echo "umask=$(umask)"; env | sort | sed 's/^/env:/'
 grep -E '^(Cap(Inh|Prm|Eff|Bnd|Amb)|NoNewPrivs|Seccomp)' /proc/self/status
 sed 's/^/limit:/' /proc/self/limits
 echo "oom=$(cat /proc/self/oom_score_adj)"
-awk '{n=split($0,a," - "); split(a[2],b," "); print "mount:" $5 " " b[1] " " $6}' /proc/self/mountinfo | sort
+awk '{n=split($0,a," - "); split(a[2],b," "); p=""; for (i=7; $i!="-"; i++) { t=$i; sub(/:.*/,"",t); p=p t };
+       print "mount:" $5 " " b[1] " " $6 " " (p=="" ? "private" : p)}' /proc/self/mountinfo | sort
 for p in /proc/kcore /proc/keys /proc/acpi /sys/firmware /proc/sys /proc/sysrq-trigger /etc/hostname /custom; do
   if [ -e $p ]; then echo "path:$p $(stat -c '%F' $p) r=$(cat $p >/dev/null 2>&1 && echo y || echo n) w=$(touch $p 2>/dev/null && echo y || echo n)"; else echo "path:$p absent"; fi
 done
@@ -99,10 +100,16 @@ def variants(root):
                     {"allow": True, "type": "c", "major": 10, "minor": 200, "access": "rwm"},
                     {"allow": False, "type": "c", "major": 1, "minor": 9, "access": "w"}]}
     out["cgroups"] = s
+    s = copy.deepcopy(base)
+    s["mounts"].append(copy.deepcopy(CGROUP_MOUNT))
+    s["linux"]["namespaces"].append({"type": "cgroup"})
+    s["linux"]["resources"] = {"memory": {"limit": 80 << 20}, "pids": {"limit": 77}}
+    s["linux"]["rootfsPropagation"] = "rshared"
+    out["cgroupns"] = s
     return out
 
 
-VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "cgroups"]
+VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "cgroups", "cgroupns"]
 SCENARIOS = VARIANTS + ["pod-workload", "exec", "exec-terminal"]
 
 
@@ -241,6 +248,11 @@ def test_observations_are_meaningful(observations):
     assert "cgroup:cpu/cpu.cfs_quota_us=50000" in runc["cgroups"] and "cgroup:pids/pids.max=99" in runc["cgroups"]
     assert "devices:c 10:200 rwm" in runc["cgroups"] and "devices:a *:* rwm" not in runc["cgroups"]
     assert "cgroupw=n" in runc["cgroups"]
+    # its own cgroup namespace: the hierarchies are mounted afresh, showing its cgroup as /
+    assert "cgroup:pids/pids.max=77" in runc["cgroupns"] and "mount:/sys/fs/cgroup/pids cgroup ro" in runc["cgroupns"]
+    # rootfsPropagation rshared: binds from shared mounts stay shared (and pivot_root still works)
+    assert "mount:/etc/hostname tmpfs rw,nosuid,nodev,relatime shared" in runc["cgroupns"]
+    assert "mount:/etc/hostname tmpfs rw,nosuid,nodev,relatime private" in runc["default"]
     # the workload is in its sandbox's namespaces: its hostname, its pid 1
     assert "host=podhost" in runc["pod-workload"] and "pid1=sleep 60" in runc["pod-workload"]
     assert "ids=1000 1000 1000 4000" in runc["exec"] and "umask=0022" in runc["exec"]
