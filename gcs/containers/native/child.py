@@ -341,9 +341,9 @@ def _lookup(program: str, env: dict[str, str]) -> str:
     raise ChildError(f"exec: {program!r}: executable file not found in $PATH")
 
 
-def _finish_and_exec(proc: dict, err_w: int, last_cap: int) -> None:
-    """Limits, identity, capabilities, then exec. Never returns."""
-    path, args, env = _become(proc, last_cap)
+def _exec(program: tuple[str, list[str], dict[str, str]], err_w: int) -> None:
+    """Never returns."""
+    path, args, env = program
     try:
         os.execve(path, args, env)
     except OSError as err:
@@ -482,12 +482,13 @@ def init_main(plan: dict, fds: dict) -> None:
         _protect_paths(plan)
         _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
+        _set_oom_score(plan["process"])
+        program = _become(plan["process"], LAST_CAP)  # before start, as runc: its errors fail Create
         os.write(err_w, b"R")
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # never started (deleted, or the agent went away)
         os.close(start_r)
-        _set_oom_score(plan["process"])
-        _finish_and_exec(plan["process"], err_w, LAST_CAP)
+        _exec(program, err_w)
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001
@@ -497,8 +498,8 @@ def init_main(plan: dict, fds: dict) -> None:
 
 def exec_main(plan: dict, fds: dict) -> None:
     """A process in a running container, already in its pid namespace: join the other
-    namespaces (the agent puts it in the cgroup meanwhile), wait for the go, take on the
-    process's identity and limits, exec."""
+    namespaces, take on the process's identity and limits (the agent puts it in the
+    container's cgroups meanwhile), wait for the go, exec."""
     err_w, start_r = fds["err"], fds["start"]
     try:
         proc = plan["process"]
@@ -508,10 +509,11 @@ def exec_main(plan: dict, fds: dict) -> None:
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])
+        program = _become(proc, LAST_CAP)
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # the agent gave up on it
         os.close(start_r)
-        _finish_and_exec(proc, err_w, LAST_CAP)
+        _exec(program, err_w)
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001
