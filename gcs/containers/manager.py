@@ -206,20 +206,23 @@ class Containers:
         procs: list[str] = []
         place = None
         devices = ocispec.device_rules(spec)
-        if cgroup and any(ns.get("type") == "cgroup" and not ns.get("path") for ns in namespaces):
-            # It must be in its cgroup before it unshares its cgroup namespace: it joins itself.
+
+        def prepare() -> None:  # device rules before anything moves in: it makes /dev nodes
             self.cgroups.create(cgroup, resources)
             self.cgroups.set_devices(cgroup, devices)
-            procs = self.cgroups.procs_files(cgroup)
-        elif cgroup and any(m.get("type") == "cgroup" for m in spec.get("mounts") or []):
-            # Its cgroup mount binds the cgroup's directories: they must exist before it starts.
-            self.cgroups.create(cgroup, resources)
-            self.cgroups.set_devices(cgroup, devices)
-            place = functools.partial(self.cgroups.add_process, cgroup)
+
+        own_cgroup_ns = any(ns.get("type") == "cgroup" and not ns.get("path") for ns in namespaces)
+        if cgroup and (own_cgroup_ns or any(m.get("type") == "cgroup" for m in spec.get("mounts") or [])):
+            # Made first: it must be in its cgroup before it unshares a cgroup namespace (it
+            # joins itself then), and a cgroup mount binds the cgroup's directories.
+            prepare()
+            if own_cgroup_ns:
+                procs = self.cgroups.procs_files(cgroup)
+            else:
+                place = functools.partial(self.cgroups.add_process, cgroup)
         elif cgroup:
             def place(pid: int) -> None:  # while the new process sets up its rootfs (2 cores)
-                self.cgroups.create(cgroup, resources)
-                self.cgroups.set_devices(cgroup, devices)  # before it moves in: it makes /dev nodes
+                prepare()
                 self.cgroups.add_process(cgroup, pid)
         stdio = ChildStdio(bool(process.get("terminal")), True, True, True)
         c.init_stdio = stdio

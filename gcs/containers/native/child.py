@@ -123,12 +123,7 @@ def _mount_cgroup_v1(dest: str, flags: int, propagation: list[int], hierarchies:
             fs_source, data = ("systemd", "name=systemd") if name == "systemd" else ("cgroup", name)
             _mount(fs_source, target, "cgroup", plain | (flags & oci.MS_RDONLY), data)
             continue
-        _mount(source, target, None, oci.MS_BIND | oci.MS_REC, None)
-        extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
-        if extra:
-            _mount(None, target, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
-        for prop in propagation:
-            _mount(None, target, None, prop, None)
+        _bind(source, target, flags | oci.MS_REC, propagation)
     for name, _, _ in hierarchies:
         if "," in name:
             for part in name.split(","):
@@ -148,19 +143,26 @@ def _mount_entry(rootfs: str, m: dict, plan: dict) -> None:
         if not os.path.exists(source):
             raise ChildError(f"bind mount source {source} does not exist")
         _make_target(dest, os.path.isdir(source))
-        _mount(source, dest, None, oci.MS_BIND | (flags & oci.MS_REC), None)
-        extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
-        if extra:
-            _mount(None, dest, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
-    else:
-        if kind == "cgroup" and plan.get("cgroup_v1"):
-            own_ns = any(k == "cgroup" and not p for k, p in plan["namespaces"])
-            _mount_cgroup_v1(dest, flags, propagation, plan["cgroup_v1"], own_ns)
-            return
-        _make_target(dest, True)
-        if kind == "cgroup":
-            kind, source = "cgroup2", "cgroup2"  # a v2 host: the container sees its cgroup namespace's view
-        _mount(source, dest, kind, flags, data)
+        _bind(source, dest, flags, propagation)
+        return
+    if kind == "cgroup" and plan.get("cgroup_v1"):
+        own_ns = any(k == "cgroup" and not p for k, p in plan["namespaces"])
+        _mount_cgroup_v1(dest, flags, propagation, plan["cgroup_v1"], own_ns)
+        return
+    _make_target(dest, True)
+    if kind == "cgroup":
+        kind, source = "cgroup2", "cgroup2"  # a v2 host: the container sees its cgroup namespace's view
+    _mount(source, dest, kind, flags, data)
+    for prop in propagation:
+        _mount(None, dest, None, prop, None)
+
+
+def _bind(source: str, dest: str, flags: int, propagation: list[int]) -> None:
+    """A bind mount; its other flags (ro, nosuid...) only take with a remount."""
+    _mount(source, dest, None, oci.MS_BIND | (flags & oci.MS_REC), None)
+    extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
+    if extra:
+        _mount(None, dest, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
     for prop in propagation:
         _mount(None, dest, None, prop, None)
 
@@ -197,8 +199,8 @@ def _pivot_root(rootfs: str) -> None:
     old_root = os.open("/", os.O_DIRECTORY | os.O_RDONLY | os.O_CLOEXEC)
     try:
         os.chdir(rootfs)
-        linux.pivot_root(".", ".")  # the old root now sits on top of the new one
-        os.fchdir(old_root)  # "." must name the old root below, not the new one under it
+        linux.pivot_root(".", ".")  # the old root is now stacked on top of the new one
+        os.fchdir(old_root)  # so that "." names the old root, not the new one beneath it
     finally:
         os.close(old_root)
     _mount(None, ".", None, oci.MS_SLAVE | oci.MS_REC, None)  # keep the unmount below private

@@ -128,7 +128,10 @@ class Server:
                     os._exit(1)
         finally:
             if pid_ns is not None:
-                linux.setns(self.own_pid_ns, linux.CLONE_NEWPID)  # only children change pid namespace
+                try:
+                    linux.setns(self.own_pid_ns, linux.CLONE_NEWPID)  # only children change pid namespace
+                except OSError:
+                    os._exit(70)  # later clones would land in that namespace: let the agent start another
         return pid
 
 
