@@ -100,6 +100,7 @@ class Containers:
         self.notify = notify
         self.storage = storage_getter
         self.containers: dict[str, Container] = {}
+        self.last_cap = ocispec.kernel_last_cap()
 
     def state(self) -> dict[str, int]:
         return {"containers": len(self.containers),
@@ -245,6 +246,7 @@ class Containers:
             if cgroup and not self.cgroups.v2 else [],
             "stdio": stdio.plan,
             "process": process,
+            "identity": ocispec.identity(process, self.last_cap),
         }
         try:
             c.init_handle = await self.runtime.create(plan, stdio.child_fds, place)
@@ -291,7 +293,7 @@ class Containers:
             plan = {"id": c.id, "cgroup_procs": [],
                     "namespaces": [(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
                                    for kind in ocispec.NAMESPACE_FILES],
-                    "stdio": stdio.plan, "process": process}
+                    "stdio": stdio.plan, "process": process, "identity": ocispec.identity(process, self.last_cap)}
             place = (lambda pid: self.cgroups.add_process(cgroup, pid)) if cgroup else None
             try:
                 pid, status = await self.runtime.exec(plan, stdio.child_fds, place)

@@ -162,6 +162,40 @@ def device_rules(spec: dict) -> list[str]:
     return rules + [rule for path, rule in DEFAULT_DEVICE_RULES if path is None or path not in listed]
 
 
+def kernel_last_cap() -> int:
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except (OSError, ValueError):
+        return len(CAPABILITIES) - 1
+
+
+def identity(process: dict, last_cap: int) -> dict:
+    """What a container process becomes, worked out here so that the process itself only
+    makes the calls: every object it builds after the clone costs it copy-on-write faults."""
+    user = process.get("user") or {}
+    known = range(min(len(CAPABILITIES) - 1, last_cap) + 1)  # what this list and the kernel both know
+    caps = process.get("capabilities")
+    capsets = None
+    if caps is not None:
+        wanted = {name: {CAP_NUMBERS[c] for c in caps.get(name) or []}
+                  for name in ("bounding", "effective", "permitted", "inheritable")}
+        capsets = {
+            "drop": [c for c in known if c not in wanted["bounding"]],
+            "set": [[c for c in known if c in wanted[n]] for n in ("effective", "permitted", "inheritable")],
+            "clear": [[c for c in known if c not in wanted[n]] for n in ("effective", "permitted", "inheritable")],
+            "ambient": sorted(CAP_NUMBERS[c] for c in caps.get("ambient") or []),
+        }
+    env = {}
+    for item in process.get("env") or []:
+        key, _, value = item.partition("=")
+        env[key] = value
+    return {"rlimits": [[RLIMITS[r["type"]], r["soft"], r["hard"]] for r in process.get("rlimits") or []],
+            "uid": user.get("uid", 0), "gid": user.get("gid", 0), "groups": list(user.get("additionalGids") or []),
+            "umask": user.get("umask"), "caps": capsets, "no_new_privs": bool(process.get("noNewPrivileges")),
+            "cwd": process.get("cwd") or "/", "env": env, "args": process.get("args") or []}
+
+
 # --- users and groups in the container's rootfs --------------------------------------------
 def _read_db(rootfs: str, name: str) -> list[list[str]]:
     try:

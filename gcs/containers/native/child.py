@@ -19,7 +19,7 @@ import socket
 import stat
 import termios
 
-import prctl
+import _prctl  # python-prctl's C layer
 
 from gcs import linux
 from gcs.containers import ocispec as oci
@@ -357,49 +357,36 @@ def _set_oom_score(proc: dict) -> None:
         _write_file("/proc/self/oom_score_adj", str(proc["oomScoreAdj"]))
 
 
-def _become(proc: dict, last_cap: int) -> tuple[str, list[str], dict[str, str]]:
-    """rlimits, groups, user, capabilities, no_new_privs, cwd; returns what to exec."""
-    for rl in proc.get("rlimits") or []:
-        resource.setrlimit(oci.RLIMITS[rl["type"]], (rl["soft"], rl["hard"]))
-    user = proc.get("user") or {}
-    uid, gid = user.get("uid", 0), user.get("gid", 0)
-    caps = proc.get("capabilities")
-    known = list(range(min(prctl.CAP_LAST_CAP, last_cap) + 1))
+def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
+    """rlimits, groups, user, capabilities, no_new_privs, cwd (all worked out by the agent,
+    see ocispec.identity); returns what to exec. python-prctl's C layer is called directly:
+    its Python wrappers would cost this process page faults."""
+    for res, soft, hard in ident["rlimits"]:
+        resource.setrlimit(res, (soft, hard))
+    caps = ident["caps"]
     if caps is not None:
-        bounding = {oci.CAP_NUMBERS[c] for c in caps.get("bounding") or []}
-        for cap in known:
-            if cap not in bounding:
-                prctl.capbset_drop(cap)
-    prctl.set_keepcaps(True)
-    os.setgroups(list(user.get("additionalGids") or []))
+        for cap in caps["drop"]:
+            _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 1)
+    uid, gid = ident["uid"], ident["gid"]
+    os.setgroups(ident["groups"])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
-    if user.get("umask") is not None:
-        os.umask(user["umask"])
+    if ident["umask"] is not None:
+        os.umask(ident["umask"])
     if caps is not None:
-        sets = []
-        for name, flag in (("permitted", prctl.CAP_PERMITTED), ("effective", prctl.CAP_EFFECTIVE),
-                           ("inheritable", prctl.CAP_INHERITABLE)):
-            wanted = {oci.CAP_NUMBERS[c] for c in caps.get(name) or []}
-            sets.append(([c for c in known if c in wanted], flag, True))
-            sets.append(([c for c in known if c not in wanted], flag, False))
-        prctl.set_caps(*sets)
-        linux.ambient_caps(sorted(oci.CAP_NUMBERS[c] for c in caps.get("ambient") or []))
-    prctl.set_keepcaps(False)
-    if proc.get("noNewPrivileges"):
-        prctl.set_no_new_privs(True)
-    cwd = proc.get("cwd") or "/"
+        _prctl.set_caps(*caps["set"], *caps["clear"])
+        linux.ambient_caps(caps["ambient"])
+    _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 0)
+    if ident["no_new_privs"]:
+        _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
     try:
-        os.chdir(cwd)
+        os.chdir(ident["cwd"])
     except OSError as err:
-        raise ChildError(f"chdir to cwd {cwd!r}: {err.strerror}") from None
-    env = {}
-    for item in proc.get("env") or []:
-        key, _, value = item.partition("=")
-        env[key] = value
+        raise ChildError(f"chdir to cwd {ident['cwd']!r}: {err.strerror}") from None
+    env, args = ident["env"], ident["args"]
     if "HOME" not in env:  # as runc does: the user's home from the container's passwd
         env["HOME"] = _home_of(uid)
-    args = proc.get("args") or []
     if not args:
         raise ChildError("process has no args")
     return _lookup(args[0], env), args, env
@@ -456,16 +443,6 @@ def _join_cgroups(plan: dict) -> None:
             raise ChildError(f"join cgroup {os.path.dirname(path)}: {err.strerror}") from None
 
 
-def _kernel_last_cap() -> int:
-    try:
-        return int(_read_file("/proc/sys/kernel/cap_last_cap"))
-    except (OSError, ValueError):
-        return len(oci.CAPABILITIES) - 1
-
-
-LAST_CAP = _kernel_last_cap()  # read once, in the spawner
-
-
 def init_main(plan: dict, fds: dict) -> None:
     """Container init, already in its pid namespace: set everything up, report ready, wait
     for start, exec."""
@@ -485,7 +462,7 @@ def init_main(plan: dict, fds: dict) -> None:
         _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
         _set_oom_score(plan["process"])
-        program = _become(plan["process"], LAST_CAP)  # before start, as runc: its errors fail Create
+        program = _become(plan["identity"])  # before start, as runc: its errors fail Create
         os.write(err_w, b"R")
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # never started (deleted, or the agent went away)
@@ -511,7 +488,7 @@ def exec_main(plan: dict, fds: dict) -> None:
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])
-        program = _become(proc, LAST_CAP)
+        program = _become(plan["identity"])
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # the agent gave up on it
         os.close(start_r)
