@@ -17,6 +17,7 @@ import time
 from collections import deque
 
 from gcs import fdpass
+
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable, Coroutine, Optional

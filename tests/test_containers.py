@@ -165,9 +165,25 @@ def test_bad_container_input(host):
     with pytest.raises(RpcError) as info:
         host.create("nouser", default_spec(["true"], root, user={"uid": 0, "gid": 0, "username": "ghost"}))
     assert info.value.hresult == hr.E_INVALIDARG and "ghost" in str(info.value)
+    spec = default_spec(["true"], root)
+    spec["linux"]["resources"] = {"blockIO": {"weight": 10}}
+    with pytest.raises(RpcError) as info:
+        host.create("blkio", spec)
+    assert info.value.hresult == hr.E_NOTIMPL and "blockIO" in str(info.value)
+    spec["linux"]["resources"] = {"devices": [{"allow": True, "type": "x", "access": "rwm"}]}
+    with pytest.raises(RpcError) as info:
+        host.create("baddev", spec)
+    assert info.value.hresult == hr.E_INVALIDARG and "device rule" in str(info.value)
+    for bad, code in (({"blockIO": {"weight": 10}}, hr.E_NOTIMPL),
+                      ({"devices": [{"allow": True, "type": "c", "major": -5, "access": "r"}]}, hr.E_INVALIDARG)):
+        with pytest.raises(RpcError) as info:
+            host.bridge.call(RequestId.MODIFY_SETTINGS, container_id="good", Request={
+                "RequestType": "Update", "ResourceType": "ContainerConstraints", "Settings": {"Linux": bad}})
+        assert info.value.hresult == code, bad
     stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "containers: 1" in stacks  # only "good" was created
-    out, _, _ = host.uvm.client.run(["sh", "-c", "ls /run/gcs/c/seccomp /run/gcs/c/nouser 2>&1; ls /run/gcs/c"])
+    out, _, _ = host.uvm.client.run(["sh", "-c", "ls /run/gcs/c/seccomp /run/gcs/c/nouser /run/gcs/c/baddev 2>&1; "
+                                                "ls /run/gcs/c"])
     assert b"config.json" not in out and b"hostname" not in out  # failed Creates left no files
 
 

@@ -494,10 +494,13 @@ class Containers:
         problems = ocispec.unsupported_resources(linux.data, cgroup_v2=self.cgroups.v2)
         if problems:
             raise hr.GcsError(hr.E_NOTIMPL, "ContainerConstraints: not supported: " + ", ".join(problems))
+        devices = None
+        if linux.data.get("devices"):  # checked before anything changes
+            devices = ocispec.device_rules({**c.spec, "linux": {**(c.spec.get("linux") or {}),
+                                                                "resources": {"devices": linux.data["devices"]}}})
         self.cgroups.update(cgroup, linux.data)
-        if linux.data.get("devices") and self.runtime.name == "native":
-            self.cgroups.set_devices(cgroup, ocispec.device_rules({**c.spec, "linux": {
-                **(c.spec.get("linux") or {}), "resources": {"devices": linux.data["devices"]}}}))
+        if devices is not None:
+            self.cgroups.set_devices(cgroup, devices)
         log.info("updated container constraints", container=cid)
 
     def _pids(self, c: Container) -> list[int]:

@@ -119,11 +119,6 @@ def unsupported_resources(resources: dict, cgroup_v2: bool) -> list[str]:
         problems += [f"memory.{k} on cgroup v2" for k in ("swappiness", "disableOOMKiller") if memory.get(k)]
         if resources.get("devices"):
             problems.append("device access rules on cgroup v2 (needs a BPF device filter)")
-    for rule in resources.get("devices") or []:
-        try:
-            device_rule(rule)
-        except ValueError as err:
-            problems.append(str(err))
     return problems
 
 
@@ -138,17 +133,18 @@ DEFAULT_DEVICE_RULES = [
 
 
 def device_rule(rule: dict) -> str:
-    """An OCI LinuxDeviceCgroup as a v1 rule: "allow c 1:3 rwm"."""
+    """An OCI LinuxDeviceCgroup as a v1 rule: "allow c 1:3 rwm"; E_INVALIDARG if malformed."""
     kind = rule.get("type") or "a"
     access = rule.get("access") or ""
-    if kind not in ("a", "b", "c") or not access or set(access) - set("rwm"):
-        raise ValueError(f"invalid device rule {rule!r}")
+    invalid = hr.GcsError(hr.E_INVALIDARG, f"invalid device rule {rule!r}")
+    if kind not in ("a", "b", "c") or not isinstance(access, str) or not access or set(access) - set("rwm"):
+        raise invalid
 
     def number(value) -> str:
         if value is None or value == -1:
             return "*"
-        if not isinstance(value, int) or value < 0:
-            raise ValueError(f"invalid device rule {rule!r}")
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise invalid
         return str(value)
 
     return f"{'allow' if rule.get('allow') else 'deny'} {kind} {number(rule.get('major'))}:{number(rule.get('minor'))} {access}"
