@@ -106,10 +106,14 @@ def variants(root):
     s["linux"]["resources"] = {"memory": {"limit": 80 << 20}, "pids": {"limit": 77}}
     s["linux"]["rootfsPropagation"] = "rshared"
     out["cgroupns"] = s
+    s = copy.deepcopy(base)
+    s["process"]["user"] = {"uid": 1000, "gid": 1000}
+    s["process"]["cwd"] = "/root"  # 0700 root's: entered before the user is taken on, as runc does
+    out["private-cwd"] = s
     return out
 
 
-VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "cgroups", "cgroupns"]
+VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "cgroups", "cgroupns", "private-cwd"]
 SCENARIOS = VARIANTS + ["pod-workload", "exec", "exec-terminal"]
 
 
@@ -253,6 +257,7 @@ def test_observations_are_meaningful(observations):
     # rootfsPropagation rshared: binds from shared mounts stay shared (and pivot_root still works)
     assert "mount:/etc/hostname tmpfs rw,nosuid,nodev,relatime shared" in runc["cgroupns"]
     assert "mount:/etc/hostname tmpfs rw,nosuid,nodev,relatime private" in runc["default"]
+    assert "cwd=/root" in runc["private-cwd"] and "ids=1000 1000 1000" in runc["private-cwd"]
     # the workload is in its sandbox's namespaces: its hostname, its pid 1
     assert "host=podhost" in runc["pod-workload"] and "pid1=sleep 60" in runc["pod-workload"]
     assert "ids=1000 1000 1000 4000" in runc["exec"] and "umask=0022" in runc["exec"]

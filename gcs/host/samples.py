@@ -22,6 +22,7 @@ def busybox_rootfs(path):
     with open(os.path.join(path, "data", "hello"), "w") as f:
         f.write("hello from the layer\n")
     os.chmod(os.path.join(path, "tmp"), 0o1777)
+    os.chmod(os.path.join(path, "root"), 0o700)
 
 
 def default_spec(args, rootfs, **process):

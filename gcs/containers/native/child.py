@@ -367,6 +367,9 @@ def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
     if caps is not None:
         for cap in caps["drop"]:
             _prctl.prctl(_prctl.PR_CAPBSET_DROP, cap)
+    # The cwd first, while still root (a directory the user cannot enter may still be its
+    # cwd, as with runc); again after the user is taken on if root was refused.
+    cwd_pending = _chdir(ident["cwd"], final=False)
     _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 1)
     uid, gid = ident["uid"], ident["gid"]
     os.setgroups(ident["groups"])
@@ -380,16 +383,27 @@ def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
     _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 0)
     if ident["no_new_privs"]:
         _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
-    try:
-        os.chdir(ident["cwd"])
-    except OSError as err:
-        raise ChildError(f"chdir to cwd {ident['cwd']!r}: {err.strerror}") from None
+    if cwd_pending:
+        _chdir(ident["cwd"], final=True)
     env, args = ident["env"], ident["args"]
     if "HOME" not in env:  # as runc does: the user's home from the container's passwd
         env["HOME"] = _home_of(uid)
     if not args:
         raise ChildError("process has no args")
     return _lookup(args[0], env), args, env
+
+
+def _chdir(cwd: str, final: bool) -> bool:
+    """True if it should be tried again (refused for permissions, not final yet)."""
+    try:
+        os.chdir(cwd)
+        return False
+    except PermissionError:
+        if not final:
+            return True
+        raise ChildError(f"chdir to cwd {cwd!r}: permission denied") from None
+    except OSError as err:
+        raise ChildError(f"chdir to cwd {cwd!r}: {err.strerror}") from None
 
 
 def _home_of(uid: int) -> str:
