@@ -148,11 +148,13 @@ class Containers:
 
     async def _create(self, c: Container) -> None:
         spec = c.spec
-        problems = ocispec.unsupported_features(spec)
-        if self.runtime.name == "native" and self.cgroups is not None and self.cgroups.v2:
-            problems += ocispec.unsupported_resources((spec.get("linux") or {}).get("resources") or {}, cgroup_v2=True)
-        if problems:
-            raise hr.GcsError(hr.E_NOTIMPL, "the native runtime does not support: " + ", ".join(sorted(set(problems))))
+        if self.runtime.name == "native":  # runc judges its specs itself
+            problems = ocispec.unsupported_features(spec)
+            if self.cgroups is not None and self.cgroups.v2:
+                problems += ocispec.unsupported_resources((spec.get("linux") or {}).get("resources") or {},
+                                                          cgroup_v2=True)
+            if problems:
+                raise hr.GcsError(hr.E_NOTIMPL, "the native runtime does not support: " + ", ".join(sorted(set(problems))))
         annotations = spec.get("annotations") or {}
         kind = annotations.get(ANNOTATION_TYPE, "")
         c.kind = {"sandbox": "sandbox", "container": "workload"}.get(kind, "standalone")
