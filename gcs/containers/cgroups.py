@@ -75,6 +75,7 @@ class Cgroups:
             self.hierarchies = [Hierarchy(mounts[""], "")]
         self.base = base.rstrip("/")
         self.reserve = reserve
+        self._device_progs: dict[str, int] = {}  # v2: cgroup -> its device program's fd
 
     @property
     def available(self) -> bool:
@@ -122,7 +123,21 @@ class Cgroups:
             _write(path, str(pid))
 
     def set_devices(self, rel: str, rules: list[str]) -> None:
-        """v1 device access: deny everything, then the rules in order ("allow c 1:3 rwm")."""
+        """Device access: deny everything, then the rules in order ("allow c 1:3 rwm"). On v1
+        the devices controller takes them as they are; on v2 they become a BPF program."""
+        if self.v2:
+            from gcs.containers import devicefilter
+
+            try:
+                prog = devicefilter.load(["deny a *:* rwm", *rules])
+                devicefilter.attach(self.hierarchy_dirs(rel)[0][1], prog, self._device_progs.get(rel, -1))
+            except OSError as err:
+                raise hr.GcsError(hr.E_FAIL, f"device rules for cgroup {rel}: {err.strerror or err}") from None
+            old = self._device_progs.pop(rel, -1)
+            if old >= 0:
+                os.close(old)
+            self._device_progs[rel] = prog  # kept to replace it on an update; freed with the cgroup
+            return
         directory = next((d for h, d in self.hierarchy_dirs(rel) if "devices" in h.subsystems.split(",")), None)
         if directory is None:
             return
@@ -276,6 +291,9 @@ class Cgroups:
         deadline = time.monotonic() + wait
         for _, directory in self.hierarchy_dirs(rel):
             remove_tree(directory, deadline)
+        prefix = "/" + rel.strip("/")
+        for key in [k for k in self._device_progs if ("/" + k.strip("/") + "/").startswith(prefix.rstrip("/") + "/")]:
+            os.close(self._device_progs.pop(key))
 
     def teardown(self) -> None:
         """Local mode: remove the containers' cgroups. The agent stays in /gcs until it exits

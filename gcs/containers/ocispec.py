@@ -117,8 +117,6 @@ def unsupported_resources(resources: dict, cgroup_v2: bool) -> list[str]:
     problems += [f"cpu.{k}" for k in ("realtimeRuntime", "realtimePeriod", "idle") if cpu.get(k)]
     if cgroup_v2:
         problems += [f"memory.{k} on cgroup v2" for k in ("swappiness", "disableOOMKiller") if memory.get(k)]
-        if resources.get("devices"):
-            problems.append("device access rules on cgroup v2 (needs a BPF device filter)")
     return problems
 
 
