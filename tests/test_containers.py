@@ -325,3 +325,43 @@ def test_pod_workload_joins_the_sandbox(host):
     with pytest.raises(RpcError) as info:  # a workload needs its sandbox
         host.create("orphan", dict(wl_spec, root={"path": host.layers("orphan", ["/run/layers/p0"])}))
     assert info.value.hresult == hr.SYSTEM_NOT_FOUND
+
+
+def test_concurrent_creates_and_execs(host):
+    """Eight containers created, started and exec'd into at once: the native runtime's one
+    spawner serialises clones, the cgroup placements and start gates interleave."""
+    import threading
+    errors, outputs = [], {}
+
+    def lifecycle(i):
+        cid = f"par{i}"
+        try:
+            root = host.layers(cid, ["/run/layers/p0"])
+            spec = default_spec(["sh", "-c", f"echo init{i}; read x; exit 0"], root)  # until its stdin closes
+            spec["linux"]["resources"] = {"pids": {"limit": 20 + i}}
+            host.create(cid, spec)
+            init = host.start(cid, stdin=True, stderr=False)
+            got = [host.exec(cid, ["sh", "-c", f"echo exec{i}-{j}; cat /proc/self/cgroup | grep pids"],
+                             stderr=False).communicate()[0].decode() for j in range(3)]
+            out, _, code = init.communicate()  # closes its stdin
+            outputs[i] = (out.decode(), code, got)
+        except Exception as err:  # noqa: BLE001 - reported below
+            errors.append(f"{cid}: {err!r}")
+
+    threads = [threading.Thread(target=lifecycle, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(120)
+    assert errors == []
+    for i in range(8):
+        out, code, got = outputs[i]
+        assert (out, code) == (f"init{i}\n", 0)
+        for j, text in enumerate(got):
+            assert text.startswith(f"exec{i}-{j}\n") and f"/pods/par{i}" in text, text
+    seen = {host.notification()["ContainerId"] for _ in range(8)}
+    assert seen == {f"par{i}" for i in range(8)}
+    for i in range(8):
+        host.remove(f"par{i}")
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    assert "containers: 0" in stacks and "overlays: 0" in stacks
