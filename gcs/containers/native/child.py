@@ -457,11 +457,27 @@ def _join_cgroups(plan: dict) -> None:
             raise ChildError(f"join cgroup {os.path.dirname(path)}: {err.strerror}") from None
 
 
+def _run(fds: dict, setup) -> None:
+    """A container process's whole life: setup() gets it ready and returns the program; then
+    the go from the agent, then exec. Failures go to the agent on the error pipe."""
+    err_w, start_r = fds["err"], fds["start"]
+    try:
+        program = setup()
+        if os.read(start_r, 1) != b"S":
+            os._exit(0)  # never started (deleted, or the agent gave up on it)
+        os.close(start_r)
+        _exec(program, err_w)
+    except ChildError as err:
+        _fail(err_w, str(err))
+    except BaseException as err:  # noqa: BLE001
+        _fail(err_w, f"{type(err).__name__}: {err}")
+    os._exit(1)
+
+
 def init_main(plan: dict, fds: dict) -> None:
     """Container init, already in its pid namespace: set everything up, report ready, wait
     for start, exec."""
-    err_w, start_r = fds["err"], fds["start"]
-    try:
+    def setup() -> tuple[str, list[str], dict[str, str]]:
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
         if ["network", None] in plan["namespaces"] and not plan.get("loopback_up"):
@@ -477,38 +493,23 @@ def init_main(plan: dict, fds: dict) -> None:
         _setup_stdio(plan["stdio"], console=True)
         _set_oom_score(plan["process"])
         program = _become(plan["identity"])  # before start, as runc: its errors fail Create
-        os.write(err_w, b"R")
-        if os.read(start_r, 1) != b"S":
-            os._exit(0)  # never started (deleted, or the agent went away)
-        os.close(start_r)
-        _exec(program, err_w)
-    except ChildError as err:
-        _fail(err_w, str(err))
-    except BaseException as err:  # noqa: BLE001
-        _fail(err_w, f"{type(err).__name__}: {err}")
-    os._exit(1)
+        os.write(fds["err"], b"R")
+        return program
+
+    _run(fds, setup)
 
 
 def exec_main(plan: dict, fds: dict) -> None:
     """A process in a running container, already in its pid namespace: join the other
     namespaces, take on the process's identity and limits (the agent puts it in the
     container's cgroups meanwhile), wait for the go, exec."""
-    err_w, start_r = fds["err"], fds["start"]
-    try:
-        proc = plan["process"]
-        _set_oom_score(proc)  # through the agent's /proc, before the mount ns changes
+    def setup() -> tuple[str, list[str], dict[str, str]]:
+        _set_oom_score(plan["process"])  # through the agent's /proc, before the mount ns changes
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])
-        program = _become(plan["identity"])
-        if os.read(start_r, 1) != b"S":
-            os._exit(0)  # the agent gave up on it
-        os.close(start_r)
-        _exec(program, err_w)
-    except ChildError as err:
-        _fail(err_w, str(err))
-    except BaseException as err:  # noqa: BLE001
-        _fail(err_w, f"{type(err).__name__}: {err}")
-    os._exit(1)
+        return _become(plan["identity"])
+
+    _run(fds, setup)

@@ -185,6 +185,22 @@ class NativeRuntime:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
 
+    async def _spawn(self, op: str, plan: dict, child_fds: list[int], pid_ns: str | None) -> tuple[int, int, int]:
+        """A container process with its two pipes; returns (pid, error pipe, start pipe), our
+        ends. The child's ends and its stdio fds are closed here whatever happens."""
+        err_r, err_w = os.pipe2(os.O_CLOEXEC)
+        start_r, start_w = os.pipe2(os.O_CLOEXEC)
+        try:
+            pid = await self.spawner.spawn(op, plan, {"err": err_w, "start": start_r}, plan["stdio"], pid_ns)
+        except BaseException:
+            os.close(err_r)
+            os.close(start_w)
+            raise
+        finally:
+            for fd in (err_w, start_r, *child_fds):
+                os.close(fd)
+        return pid, err_r, start_w
+
     def prestart(self) -> None:
         """Start the spawner now, in the background (in a UVM, right after negotiation)."""
         aio.spawn(self.spawner.prestart(), "spawner-start")
@@ -193,19 +209,8 @@ class NativeRuntime:
         """Clone the init into its (new or joined) pid namespace and let it set everything
         up to the point of exec; it then waits for start(). `place(pid)` (cgroups) runs while
         the init sets up; it cannot exec before start() anyway."""
-        start_r, start_w = os.pipe2(os.O_CLOEXEC)
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
         pid_ns = [path or "" for kind, path in plan["namespaces"] if kind == "pid"]
-        try:
-            pid = await self.spawner.spawn("init", plan, {"err": err_w, "start": start_r}, plan["stdio"],
-                                           pid_ns[0] if pid_ns else None)
-        except BaseException:
-            for fd in (start_w, err_r):
-                os.close(fd)
-            raise
-        finally:
-            for fd in (start_r, err_w, *child_fds):
-                os.close(fd)
+        pid, err_r, start_w = await self._spawn("init", plan, child_fds, pid_ns[0] if pid_ns else None)
         status = self.reaper.watch(pid)
         handle = InitHandle(pid, start_w, err_r, status)
         if place is not None:
@@ -238,19 +243,8 @@ class NativeRuntime:
     async def exec(self, plan: dict, child_fds: list[int], place=None) -> tuple[int, aio.Future]:
         """Start a process in a running container; returns its pid and exit-status future.
         It joins the namespaces while `place(pid)` (cgroups) runs, and execs after."""
-        err_r, err_w = os.pipe2(os.O_CLOEXEC)
-        start_r, start_w = os.pipe2(os.O_CLOEXEC)
         pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
-        try:
-            pid = await self.spawner.spawn("exec", plan, {"err": err_w, "start": start_r}, plan["stdio"],
-                                           pid_ns[0] if pid_ns else None)
-        except BaseException:
-            os.close(err_r)
-            os.close(start_w)
-            raise
-        finally:
-            for fd in (err_w, start_r, *child_fds):
-                os.close(fd)
+        pid, err_r, start_w = await self._spawn("exec", plan, child_fds, pid_ns[0] if pid_ns else None)
         status = self.reaper.watch(pid)
         try:
             if place is not None:
