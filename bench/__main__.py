@@ -340,7 +340,7 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
         conn.close()
 
     threading.Thread(target=sink, daemon=True).start()
-    subprocess.run(qemu_argv(image, d, f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}"),
+    subprocess.run(qemu_argv(image, d, f"bulk 5000 {mib}"),
                    capture_output=True, timeout=600)
     backend.wait(10)
     listener.close()
@@ -365,7 +365,7 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
         sock.close()
 
     threading.Thread(target=source, daemon=True).start()
-    out, _, _ = boot(image, d, "python3 /opt/pygcs/guest_vsock.py sink 6000", timeout=600)
+    out, _, _ = boot(image, d, "sink 6000", timeout=600)
     if "h2g" in timing:
         report(f"vsock host->guest throughput ({mib} MiB, TCG)", timing["h2g"], "MB/s", "-", "-")
     # connect latency, measured in the guest
@@ -382,7 +382,7 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
             conn.close()
 
     threading.Thread(target=accept_all, daemon=True).start()
-    out, _, _ = boot(image, d, "python3 /opt/pygcs/guest_vsock.py latency 5001 50")
+    out, _, _ = boot(image, d, "latency 5001 50")
     listener.close()
     match = re.search(r"connect median ([0-9.]+) ms", out)
     if match:

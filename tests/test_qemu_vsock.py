@@ -46,7 +46,7 @@ def test_guest_connects_to_host_echo(image, tmp_path):
         conn.sendall(b"host got " + data)
 
     serve_once(listener, reply)
-    out, code, err = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py connect 5000 hello")
+    out, code, err = boot(image, str(tmp_path), "connect 5000 hello")
     listener.close()
     assert "guest: reply host got hello" in out, out
     # QEMU powered off: the back-end notices, cleans up and says why, with a non-zero exit
@@ -54,7 +54,7 @@ def test_guest_connects_to_host_echo(image, tmp_path):
 
 
 def test_rst_when_nobody_listens_on_the_host(image, tmp_path):
-    out, _, _ = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py connect 5999 x")
+    out, _, _ = boot(image, str(tmp_path), "connect 5999 x")
     assert "guest: connect failed: Connection reset by peer" in out, out
 
 
@@ -76,7 +76,7 @@ def test_host_connects_to_guest_listener(image, tmp_path):
 
     t = threading.Thread(target=host_side, daemon=True)
     t.start()
-    out, _, _ = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py listen 6000")
+    out, _, _ = boot(image, str(tmp_path), "listen 6000")
     t.join(10)
     assert result.get("echo") == b"ping from host", out
     assert "guest: echo done" in out
@@ -93,7 +93,7 @@ def test_bulk_guest_to_host_checksum(image, tmp_path):
         conn.sendall(h.hexdigest().encode())
 
     serve_once(listener, digest)
-    out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}", timeout=300)
+    out, _, _ = boot(image, str(tmp_path), f"bulk 5000 {mib}", timeout=300)
     listener.close()
     assert f"guest: reply {bulk_digest(mib)}" in out, out
 
@@ -115,7 +115,7 @@ def test_parallel_connections(image, tmp_path):
         conn.close()
 
     threading.Thread(target=accept_all, daemon=True).start()
-    out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py parallel 5000 {count}")
+    out, _, _ = boot(image, str(tmp_path), f"parallel 5000 {count}")
     listener.close()
     assert f"guest: parallel ok {count}/{count}" in out, out
 
@@ -132,7 +132,7 @@ def test_stalled_host_reader_loses_nothing(image, tmp_path):
         conn.sendall(h.hexdigest().encode())
 
     serve_once(listener, slow)
-    out, _, _ = boot(image, str(tmp_path), f"python3 /opt/pygcs/guest_vsock.py bulk 5000 {mib}")
+    out, _, _ = boot(image, str(tmp_path), f"bulk 5000 {mib}")
     listener.close()
     assert f"guest: reply {bulk_digest(mib)}" in out, out
 
@@ -154,7 +154,7 @@ def test_guest_process_killed_mid_stream(image, tmp_path):
         second.close()
 
     threading.Thread(target=serve, daemon=True).start()
-    out, code, err = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py killmid 5000")
+    out, code, err = boot(image, str(tmp_path), "killmid 5000")
     listener.close()
     assert "guest: reply host saw after" in out, out
     assert "Traceback" not in err
@@ -189,7 +189,7 @@ def test_bulk_host_to_guest_and_back_checksum(image, tmp_path):
 
     t = threading.Thread(target=host_side, daemon=True)
     t.start()
-    out, _, _ = boot(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py listen 6000", timeout=600)
+    out, _, _ = boot(image, str(tmp_path), "listen 6000", timeout=600)
     t.join(30)
     expected = hashlib.sha256(bytes(range(256)) * 4096 * mib).hexdigest()
     assert result.get("total") == mib << 20, out
@@ -206,7 +206,7 @@ def test_qemu_killed_mid_stream(image, tmp_path):
     listener = host_listen(str(tmp_path / "vsock"), 5000)
     listener.settimeout(120)
     backend = start_backend(str(tmp_path))
-    qemu = subprocess.Popen(qemu_argv(image, str(tmp_path), "python3 /opt/pygcs/guest_vsock.py bulk 5000 100000"),
+    qemu = subprocess.Popen(qemu_argv(image, str(tmp_path), "bulk 5000 100000"),
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     try:
         conn, _ = listener.accept()

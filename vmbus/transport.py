@@ -26,7 +26,7 @@ def parse_transport(spec: str) -> Transport:
     """`vsock`, `vsock:CID` or `hybrid:PATH`."""
     kind, _, arg = spec.partition(":")
     if kind == "vsock":
-        from .vsock import VsockTransport
+        from .af_vsock import VsockTransport
         return VsockTransport(int(arg) if arg else 2)
     if kind == "hybrid":
         if not arg:

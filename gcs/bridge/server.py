@@ -121,6 +121,8 @@ class Bridge:
             if session.negotiated and not was_negotiated:
                 self._flush_notifications()
                 self._flush()
+                if self.connections == 1:
+                    log.info("first negotiation answered", since_exec_ms=_since_exec_ms())
                 if self.on_negotiated is not None:
                     aio.get_loop().call_soon(self.on_negotiated)
             self._flush()
@@ -216,3 +218,17 @@ def _ids(req: Request) -> dict[str, str]:
 async def dial_bridge(transport, port: int = BRIDGE_PORT) -> Conn:
     sock = await transport.dial(port)
     return Conn.from_socket(sock, f"{transport.name}:{port}")
+
+
+def _since_exec_ms() -> int:
+    """How long ago this process was exec'd (start-up cost as the host sees it)."""
+    import os
+    import time
+
+    try:
+        with open("/proc/self/stat") as f:
+            start_ticks = int(f.read().rpartition(")")[2].split()[19])
+    except (OSError, ValueError, IndexError):
+        return -1
+    boot_now = time.clock_gettime(time.CLOCK_BOOTTIME)
+    return round((boot_now - start_ticks / os.sysconf("SC_CLK_TCK")) * 1000)

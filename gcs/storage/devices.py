@@ -59,8 +59,13 @@ class DeviceResolver:
 
     # --- SCSI ---------------------------------------------------------------------------
     def scsi_host(self, controller: int) -> int:
-        if controller >= len(SCSI_CONTROLLER_GUIDS):
+        """The Linux SCSI host number of hcsshim's logical controller index: under Hyper-V
+        through the controller's VMBus GUID (protocol.md 6.3); where there is no VMBus (QEMU)
+        the index counts the virtio-scsi HBAs in PCI address order."""
+        if not 0 <= controller < len(SCSI_CONTROLLER_GUIDS):
             raise hr.GcsError(hr.E_INVALIDARG, f"SCSI controller {controller} out of range (0-3)")
+        if not os.path.isdir(self.sys("bus", "vmbus")):
+            return self._virtio_scsi_host(controller)
         vmbus = self.sys("bus", "vmbus", "devices", SCSI_CONTROLLER_GUIDS[controller])
         try:
             entries = os.listdir(vmbus)
@@ -70,6 +75,32 @@ class DeviceResolver:
             if entry.startswith("host") and entry[4:].isdigit():
                 return int(entry[4:])
         raise hr.GcsError(hr.ERROR_NOT_FOUND, f"SCSI controller {controller}: no host entry in {vmbus}")
+
+    def _virtio_scsi_host(self, controller: int) -> int:
+        hosts = []  # (PCI path of the HBA, host number)
+        base = self.sys("class", "scsi_host")
+        try:
+            names = os.listdir(base)
+        except OSError:
+            names = []
+        for name in names:
+            if not (name.startswith("host") and name[4:].isdigit()):
+                continue
+            try:
+                with open(os.path.join(base, name, "proc_name")) as f:
+                    if f.read().strip() != "virtio_scsi":
+                        continue
+            except OSError:
+                continue
+            # .../pci0000:00/0000:00:03.0/virtio2/host0/scsi_host/host0: the PCI devices on the way
+            path = os.path.realpath(os.path.join(base, name))
+            pci = tuple(part for part in path.split("/") if part.count(":") == 2 and "." in part)
+            hosts.append((pci, int(name[4:])))
+        hosts.sort()
+        if controller >= len(hosts):
+            raise hr.GcsError(hr.ERROR_NOT_FOUND, f"SCSI controller {controller}: the UVM has no VMBus and "
+                                                  f"{len(hosts)} virtio-scsi controller(s)")
+        return hosts[controller][1]
 
     def scsi_dir(self, host: int, lun: int) -> str:
         return self.sys("bus", "scsi", "devices", f"{host}:0:0:{lun}")

@@ -1,0 +1,337 @@
+"""Booting the utility VM under QEMU and holding its host side, as HCS does on Windows.
+
+A UVM directory holds everything of one VM: the hybrid vsock sockets (`vsock`, `vsock_<port>`)
+served by the project's vhost-user-vsock back-end, the QMP sockets (`qmp.sock` for this
+launcher, `qmp-user.sock` free for anyone else), the serial console log (`console.log`), the
+agent's JSON log stream from vsock port 109 (`gcs.log`) and QEMU's own stderr (`qemu.log`).
+
+Like hcsshim's host, the launcher listens on the entropy port (1), the log port (109) and
+the bridge port (0x40000000) before the VM starts; with `bridge=False` it leaves the bridge
+and stdio ports to any other host implementation that listens on the same paths.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+import time
+from typing import Optional
+
+from gcs.host.bridge_client import HostBridge
+from gcs.host.launcher import REPO_ROOT, agent_env
+from gcs.host.processes import ProcessClient
+from gcs.protocol.ids import BRIDGE_PORT
+from vmbus.hybrid import host_listen, port_path
+
+IMAGE_DIR = os.path.join(REPO_ROOT, "build", "uvm")
+ENTROPY_PORT = 1
+LOG_PORT = 109
+GUEST_CID = 3
+QEMU = "qemu-system-x86_64"
+# The QEMU-specific part of the kernel command line (Hyper-V's console, PCI and vsock
+# options of hcsshim's line would switch off exactly what QEMU gives the guest).
+KERNEL_ARGS = "console=ttyS0 quiet panic=-1 mitigations=off"
+# What hcsshim puts after `--` (protocol.md 7.2), unchanged.
+INIT_ARGS = "-e 1 /bin/vsockexec -e 109 /bin/gcs -v4 -log-format json -loglevel {loglevel}"
+PMEM_SLOTS = 8      # PCIe root ports kept free for hot-added virtio-pmem devices
+SCSI_CONTROLLERS = 1
+
+
+class UvmError(Exception):
+    """The UVM could not be booted or reached; the message says why and where to look."""
+
+
+def tail(path: str, lines: int = 20) -> str:
+    try:
+        with open(path, "rb") as f:
+            f.seek(0, os.SEEK_END)
+            f.seek(max(0, f.tell() - 16384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return "(nothing)"
+    return "\n".join(text.splitlines()[-lines:]) or "(empty)"
+
+
+def kvm_usable() -> bool:
+    """KVM where it can run a stock kernel: /dev/kvm opens and the CPU has VT-x/AMD-V. (A
+    PVM-only /dev/kvm, as on this project's machines, has no vmx/svm flag.) The boot itself
+    is the final test: `QemuUvm(accel="auto")` falls back to TCG when a KVM boot fails."""
+    try:
+        os.close(os.open("/dev/kvm", os.O_RDWR | os.O_CLOEXEC))
+        with open("/proc/cpuinfo") as f:
+            flags = next((line for line in f if line.startswith("flags")), "")
+    except OSError:
+        return False
+    return " vmx" in flags or " svm" in flags
+
+
+def check_image(image_dir: str) -> tuple[str, str]:
+    kernel, initrd = os.path.join(image_dir, "vmlinux"), os.path.join(image_dir, "initrd.img")
+    for path, what in ((kernel, "kernel"), (initrd, "initrd")):
+        if not os.path.isfile(path):
+            raise UvmError(f"no UVM {what} at {path}: build the image with `python3 initrd/build.py` "
+                           f"(or `make uvm`)")
+        if os.path.getsize(path) < 4096:
+            raise UvmError(f"the UVM {what} {path} is truncated ({os.path.getsize(path)} bytes)")
+    return kernel, initrd
+
+
+class _Acceptor(threading.Thread):
+    """Accepts guest connections to one host port for the VM's lifetime."""
+
+    def __init__(self, listener: socket.socket, handle, name: str) -> None:
+        super().__init__(name=name, daemon=True)
+        self.listener, self.handle = listener, handle
+        self.connections = 0
+
+    def run(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return  # closed at shutdown
+            self.connections += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            self.handle(conn)
+        except OSError:
+            pass
+        finally:
+            conn.close()
+
+
+class QemuUvm:
+    """One UVM: QEMU, its vsock back-end, the host listeners and (optionally) the bridge."""
+
+    def __init__(self, directory: str, image_dir: str = IMAGE_DIR, memory_mb: int = 512, cpus: int = 1,
+                 accel: str = "auto", loglevel: str = "info", bridge: bool = True,
+                 kernel_args: str = KERNEL_ARGS, init_args: Optional[str] = None,
+                 boot_timeout: float = 120.0) -> None:
+        self.dir = os.path.abspath(directory)
+        self.image_dir = image_dir
+        self.memory_mb, self.cpus = memory_mb, cpus
+        self.accel = accel
+        self.loglevel = loglevel
+        self.want_bridge = bridge
+        self.kernel_args = kernel_args
+        self.init_args = init_args if init_args is not None else INIT_ARGS.format(loglevel=loglevel)
+        self.boot_timeout = boot_timeout
+        self.vsock_path = os.path.join(self.dir, "vsock")
+        self.console_log = os.path.join(self.dir, "console.log")
+        self.log_path = os.path.join(self.dir, "gcs.log")
+        self.qemu_log = os.path.join(self.dir, "qemu.log")
+        self.qmp_path = os.path.join(self.dir, "qmp.sock")
+        self.user_qmp_path = os.path.join(self.dir, "qmp-user.sock")
+        self.proc: Optional[subprocess.Popen] = None
+        self.backend: Optional[subprocess.Popen] = None
+        self.bridge: Optional[HostBridge] = None
+        self.client: Optional[ProcessClient] = None
+        self.hotplug = None  # gcs.host.hotplug.Hotplug once QEMU runs
+        self.started_at = 0.0
+        self.timings: dict[str, float] = {}
+        self._listeners: dict[int, socket.socket] = {}
+        self._acceptors: list[_Acceptor] = []
+        self._log_lock = threading.Lock()
+
+    # --- boot -------------------------------------------------------------------------
+    def start(self, negotiate: bool = True) -> "QemuUvm":
+        kernel, initrd = check_image(self.image_dir)
+        if shutil.which(QEMU) is None:
+            raise UvmError(f"{QEMU} is not installed (apt-get install qemu-system-x86)")
+        os.makedirs(self.dir, exist_ok=True)
+        for leftover in ("vsock", "vhu.sock", "qmp.sock", "qmp-user.sock"):
+            try:
+                os.unlink(os.path.join(self.dir, leftover))
+            except FileNotFoundError:
+                pass
+        try:
+            self._start_backend()
+            self._listen(ENTROPY_PORT, _serve_entropy, "entropy")
+            self._listen(LOG_PORT, self._collect_log, "log")
+            if self.want_bridge:
+                self._listeners[BRIDGE_PORT] = host_listen(self.vsock_path, BRIDGE_PORT)
+            accels = ["kvm", "tcg"] if self.accel == "auto" and kvm_usable() else \
+                ["tcg" if self.accel == "auto" else self.accel]
+            for i, accel in enumerate(accels):
+                fallback = i + 1 < len(accels)
+                try:
+                    self._start_qemu(kernel, initrd, accel)
+                    if self.want_bridge:
+                        self._accept_first_bridge(30.0 if fallback else self.boot_timeout)
+                    break
+                except UvmError:
+                    if not fallback:
+                        raise
+                    self._kill_qemu()
+            if self.want_bridge and negotiate:
+                assert self.bridge is not None
+                self.bridge.negotiate()
+                self.timings["negotiated"] = time.monotonic() - self.started_at
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def _start_backend(self) -> None:
+        sock = os.path.join(self.dir, "vhu.sock")
+        errlog = open(os.path.join(self.dir, "backend.log"), "ab")
+        self.backend = subprocess.Popen(
+            [sys.executable, "-m", "vmbus.vhost_user_vsock", "--socket", sock, "--uds-path", self.vsock_path,
+             "--guest-cid", str(GUEST_CID)], env=agent_env(), stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, stderr=errlog)
+        errlog.close()
+        deadline = time.monotonic() + 20
+        while not os.path.exists(sock):
+            if self.backend.poll() is not None or time.monotonic() > deadline:
+                raise UvmError(f"the vhost-user-vsock back-end did not start:\n"
+                               f"{tail(os.path.join(self.dir, 'backend.log'))}")
+            time.sleep(0.01)
+
+    def _listen(self, port: int, handle, name: str) -> None:
+        listener = host_listen(self.vsock_path, port, backlog=8)
+        self._listeners[port] = listener
+        acceptor = _Acceptor(listener, handle, name)
+        acceptor.start()
+        self._acceptors.append(acceptor)
+
+    def qemu_argv(self, kernel: str, initrd: str, accel: str) -> list[str]:
+        mem = f"{self.memory_mb}M"
+        argv = [QEMU, "-accel", accel, "-cpu", "host" if accel == "kvm" else "max",
+                "-machine", "q35,memory-backend=mem", "-bios", "/usr/share/qemu/qboot.rom",
+                "-smp", str(self.cpus), "-m", f"{mem},slots={PMEM_SLOTS},maxmem=64G",
+                # vhost-user needs all guest RAM in shared, fd-backed memory
+                "-object", f"memory-backend-memfd,id=mem,size={mem},share=on",
+                "-nodefaults", "-no-user-config", "-display", "none", "-no-reboot",
+                "-chardev", f"file,id=console,path={self.console_log}", "-serial", "chardev:console",
+                "-qmp", f"unix:{self.qmp_path},server=on,wait=off",
+                "-qmp", f"unix:{self.user_qmp_path},server=on,wait=off",
+                "-chardev", f"socket,id=vhu,path={os.path.join(self.dir, 'vhu.sock')}",
+                "-device", "vhost-user-vsock-pci,chardev=vhu"]
+        for i in range(SCSI_CONTROLLERS):
+            argv += ["-device", f"virtio-scsi-pci,id=scsi{i}"]
+        for i in range(PMEM_SLOTS):
+            argv += ["-device", f"pcie-root-port,id=pmemport{i},bus=pcie.0,chassis={i + 1}"]
+        argv += ["-kernel", kernel, "-initrd", initrd, "-append", f"{self.kernel_args} -- {self.init_args}"]
+        return argv
+
+    def _start_qemu(self, kernel: str, initrd: str, accel: str) -> None:
+        open(self.console_log, "wb").close()
+        err = open(self.qemu_log, "wb")
+        self.started_at = time.monotonic()
+        self.proc = subprocess.Popen(self.qemu_argv(kernel, initrd, accel), stdin=subprocess.DEVNULL,
+                                     stdout=err, stderr=err)
+        err.close()
+        self.accel_used = accel
+        from gcs.host.hotplug import Hotplug
+        deadline = time.monotonic() + 20
+        while not os.path.exists(self.qmp_path):
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise UvmError(f"QEMU made no QMP socket within 20 s:\n{tail(self.qemu_log)}")
+            time.sleep(0.01)
+        self.hotplug = Hotplug(self.qmp_path, self.dir)
+
+    def _check_alive(self) -> None:
+        if self.proc is not None and self.proc.poll() is not None:
+            raise UvmError(f"QEMU exited early (status {self.proc.returncode}):\n{tail(self.qemu_log)}\n"
+                           f"serial console:\n{tail(self.console_log)}")
+
+    def _accept_first_bridge(self, timeout: float) -> None:
+        self.bridge = self.accept_bridge(timeout)
+        self.timings["bridge_connected"] = time.monotonic() - self.started_at
+        self.client = ProcessClient(self.bridge, self.vsock_path)
+
+    def accept_bridge(self, timeout: float = 60.0) -> HostBridge:
+        """The agent's (next) dial of the bridge port; errors say what QEMU or the guest did."""
+        listener = self._listeners[BRIDGE_PORT]
+        deadline = time.monotonic() + timeout
+        listener.settimeout(0.2)
+        while True:
+            try:
+                conn, _ = listener.accept()
+                conn.settimeout(None)
+                return HostBridge.over_socket(conn)
+            except socket.timeout:
+                self._check_alive()
+                if time.monotonic() > deadline:
+                    raise UvmError(f"the guest agent did not connect within {timeout:g} s; serial console:\n"
+                                   f"{tail(self.console_log)}\nagent log:\n{tail(self.log_path, 10)}") from None
+
+    def reconnect(self, timeout: float = 60.0, negotiate: bool = True) -> HostBridge:
+        """Take the agent's next connection (after it was restarted, say)."""
+        if self.bridge is not None:
+            self.bridge.close()
+        self.bridge = self.accept_bridge(timeout)
+        self.client = ProcessClient(self.bridge, self.vsock_path)
+        if negotiate:
+            self.bridge.negotiate()
+        return self.bridge
+
+    def _collect_log(self, conn: socket.socket) -> None:
+        """The agent's stderr: JSON lines, appended to gcs.log (each agent start connects anew)."""
+        with open(self.log_path, "ab", buffering=0) as out:
+            while True:
+                data = conn.recv(65536)
+                if not data:
+                    return
+                with self._log_lock:
+                    out.write(data)
+
+    # --- teardown ---------------------------------------------------------------------
+    def wait(self, timeout: Optional[float] = None) -> Optional[int]:
+        assert self.proc is not None
+        try:
+            return self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            return None
+
+    def _kill_qemu(self) -> None:
+        if self.hotplug is not None:
+            self.hotplug.close()
+            self.hotplug = None
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self, timeout: float = 10.0) -> Optional[int]:
+        """Power the VM off if it still runs (QMP quit, then kill) and release everything."""
+        if self.bridge is not None:
+            self.bridge.close()
+            self.bridge = None
+        if self.proc is not None and self.proc.poll() is None and self.hotplug is not None:
+            try:
+                self.hotplug.quit()
+                self.proc.wait(timeout)
+            except Exception:  # noqa: BLE001 - QMP gone or QEMU stuck: kill below
+                pass
+        self._kill_qemu()
+        for port, listener in self._listeners.items():
+            listener.close()
+            try:
+                os.unlink(port_path(self.vsock_path, port))
+            except OSError:
+                pass
+        self._listeners.clear()
+        if self.backend is not None:
+            try:
+                self.backend.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.backend.kill()
+                self.backend.wait()
+        return self.proc.returncode if self.proc is not None else None
+
+    def __enter__(self) -> "QemuUvm":
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _serve_entropy(conn: socket.socket) -> None:
+    """What hcsshim's host does on port 1: 512 random bytes, then close."""
+    conn.sendall(os.urandom(512))
