@@ -1,9 +1,10 @@
 """gcsctl: drive a guest compute service from the host side.
 
-`start` launches a UVM for a directory (for now a local-mode agent) and a small broker
-that holds the agent's one bridge, as HCS does; every other command connects to the
-broker, so any number of them (a console, a ps, an exec) can run at once. Stdio travels
-over hybrid vsock sockets `DIR/vsock_<port>` straight between the agent and the command.
+`up` boots a utility VM under QEMU for a directory (`start`: a local-mode agent instead)
+with a small broker that holds the agent's one bridge and the VM's devices, as HCS does;
+every other command connects to the broker, so any number of them (a console, a ps, an
+exec, a run) can share one UVM at once. Stdio travels over hybrid vsock sockets
+`DIR/vsock_<port>` straight between the agent and the command.
 """
 from __future__ import annotations
 
@@ -61,30 +62,135 @@ def _alive(pid: int) -> bool:
         return False
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    uvm_dir = os.path.abspath(args.uvm)
+def _start_broker(uvm_dir: str, options: dict, timeout: float) -> int:
+    """Run the broker as a daemon for uvm_dir; returns its pid once the UVM is up."""
+    import json
+
     os.makedirs(uvm_dir, exist_ok=True)
-    pid_file = _pid_file(uvm_dir)
-    try:
-        pid = int(open(pid_file).read())
-        if _alive(pid):
-            print(f"UVM already running (broker pid {pid})")
-            return 0
-    except (OSError, ValueError):
-        pass
     with open(os.path.join(uvm_dir, "broker.log"), "ab") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "gcs.host.broker", uvm_dir, args.loglevel],
+        proc = subprocess.Popen([sys.executable, "-m", "gcs.host.broker", uvm_dir, json.dumps(options)],
                                 env=agent_env(), stdin=subprocess.DEVNULL, stdout=subprocess.PIPE,
                                 stderr=log, start_new_session=True)
     assert proc.stdout is not None
-    ready = proc.stdout.readline()
+    ready = [b""]
+    reader = threading.Thread(target=lambda: ready.__setitem__(0, proc.stdout.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    if ready[0].strip() != b"ready":
+        if proc.poll() is None:
+            proc.terminate()
+        proc.wait(30)
+        why = ready[0].decode(errors="replace").strip().removeprefix("failed: ") or "no answer in time"
+        raise SystemExit(f"gcsctl: the UVM did not start: {why}\n(logs in {uvm_dir})")
     proc.stdout.close()
-    if ready.strip() != b"ready":
-        proc.wait(10)
-        raise SystemExit(f"gcsctl: the UVM did not start; see {uvm_dir}/broker.log and {uvm_dir}/gcs.log")
-    with open(pid_file, "w") as f:
+    with open(_pid_file(uvm_dir), "w") as f:
         f.write(str(proc.pid))
-    print(f"local-mode UVM started (broker pid {proc.pid}); UVM directory {uvm_dir}")
+    return proc.pid
+
+
+def _running_broker(uvm_dir: str) -> Optional[int]:
+    try:
+        pid = int(open(_pid_file(uvm_dir)).read())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    uvm_dir = os.path.abspath(args.uvm)
+    pid = _running_broker(uvm_dir)
+    if pid:
+        print(f"UVM already running (broker pid {pid})")
+        return 0
+    pid = _start_broker(uvm_dir, {"mode": "local", "loglevel": args.loglevel}, 60)
+    print(f"local-mode UVM started (broker pid {pid}); UVM directory {uvm_dir}")
+    return 0
+
+
+def ensure_image(image_dir: str, quiet: bool = False) -> None:
+    """Build the UVM image when it is missing or its inputs changed (progress on stderr)."""
+    from gcs.host.launcher import REPO_ROOT
+
+    build = os.path.join(REPO_ROOT, "initrd", "build.py")
+    if not os.path.exists(build):
+        return  # an installed gcsctl without the repository: use the image as it is
+    res = subprocess.run([sys.executable, build, "--out", image_dir],
+                         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL if quiet else None)
+    if res.returncode != 0:
+        raise SystemExit("gcsctl: building the UVM image failed (see above)")
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    from gcs.host.qemu import IMAGE_DIR
+
+    uvm_dir = os.path.abspath(args.uvm)
+    pid = _running_broker(uvm_dir)
+    if pid:
+        print(f"UVM already running (broker pid {pid})")
+        return 0
+    image = os.path.abspath(args.image or IMAGE_DIR)
+    if not args.image:
+        ensure_image(image)
+    t0 = time.monotonic()
+    options = {"mode": "qemu", "loglevel": args.loglevel, "image": image, "memory_mb": args.memory,
+               "cpus": args.cpus, "accel": args.accel, "external": args.external}
+    pid = _start_broker(uvm_dir, options, args.timeout)
+    state = _state(uvm_dir)
+    how = "its bridge is left to an outside host" if args.external else "agent negotiated"
+    print(f"UVM up in {time.monotonic() - t0:.1f} s ({state.get('accel')}, {how}); broker pid {pid}, "
+          f"UVM directory {uvm_dir}")
+    return 0
+
+
+def _state(uvm_dir: str) -> dict:
+    import json
+
+    from gcs.host.broker import state_path
+    try:
+        with open(state_path(uvm_dir)) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return {}
+
+
+def cmd_down(args: argparse.Namespace) -> int:
+    """Shut the UVM down: ShutdownGraceful (the agent powers the VM off), else QMP quit."""
+    from gcs.host.broker import DeviceClient, ctl_path, devices_path
+
+    uvm_dir = os.path.abspath(args.uvm)
+    pid = _running_broker(uvm_dir)
+    if pid is None:
+        print("no UVM running")
+        return 0
+    try:
+        if os.path.exists(ctl_path(uvm_dir)) and not args.force:
+            session = Session(uvm_dir)
+            try:
+                session.bridge.call(RequestId.SHUTDOWN_GRACEFUL)
+            finally:
+                session.close()
+        elif os.path.exists(devices_path(uvm_dir)):
+            client = DeviceClient(uvm_dir)
+            try:
+                client.call("quit")
+            finally:
+                client.close()
+        else:
+            os.kill(pid, signal.SIGTERM)
+    except (OSError, RpcError, SystemExit, ConnectionError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + args.timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        os.kill(pid, signal.SIGTERM)
+        deadline = time.monotonic() + 15
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    if _alive(pid):
+        raise SystemExit(f"gcsctl: the UVM broker (pid {pid}) did not exit")
+    os.unlink(_pid_file(uvm_dir))
+    print("UVM down")
     return 0
 
 
@@ -101,19 +207,28 @@ def cmd_exec(args: argparse.Namespace) -> int:
             return _interactive(session, args.command, env, args.workdir)
         proc = session.client.exec(args.command, env=env, cwd=args.workdir, stdin=args.interactive,
                                    stdout=True, stderr=True)
-        threads = [threading.Thread(target=_copy_to, args=(proc.stdout, sys.stdout.buffer), daemon=True),
-                   threading.Thread(target=_copy_to, args=(proc.stderr, sys.stderr.buffer), daemon=True)]
-        for t in threads:
-            t.start()
-        if args.interactive:
-            threading.Thread(target=_feed_stdin, args=(proc,), daemon=True).start()
-        code = proc.wait()
-        for t in threads:
-            t.join(5)
-        proc.close()
-        return code & 0xFF if code != 0xFFFFFFFF else 255
+        return _relay_pipes(proc, args.interactive)
     finally:
         session.close()
+
+
+def _exit_code(code: int) -> int:
+    return code & 0xFF if code != 0xFFFFFFFF else 255
+
+
+def _relay_pipes(proc, interactive: bool) -> int:
+    """stdout/stderr to ours (and our stdin to it with -i) until the process has exited."""
+    threads = [threading.Thread(target=_copy_to, args=(proc.stdout, sys.stdout.buffer), daemon=True),
+               threading.Thread(target=_copy_to, args=(proc.stderr, sys.stderr.buffer), daemon=True)]
+    for t in threads:
+        t.start()
+    if interactive:
+        threading.Thread(target=_feed_stdin, args=(proc,), daemon=True).start()
+    code = proc.wait()
+    for t in threads:
+        t.join(5)
+    proc.close()
+    return _exit_code(code)
 
 
 def _copy_to(sock: Optional[socket.socket], out) -> None:
@@ -144,14 +259,18 @@ def _feed_stdin(proc) -> None:
 
 
 def _interactive(session: Session, argv: list[str], env: dict[str, str], cwd: str) -> int:
-    """A terminal session: raw local tty, pty in the guest, window size kept in sync."""
+    """A terminal session in the UVM: a pty there, window size kept in sync."""
+    env.setdefault("TERM", os.environ.get("TERM", "xterm"))
+    return _relay_tty(session.client.exec(argv, env=env, cwd=cwd, stdin=True, stdout=True, tty=True))
+
+
+def _relay_tty(proc) -> int:
+    """Raw local tty <-> the process's pty until it exits; returns its exit code."""
     import termios
     import tty
 
     from gcs.stdio.pty import get_window_size
 
-    env.setdefault("TERM", os.environ.get("TERM", "xterm"))
-    proc = session.client.exec(argv, env=env, cwd=cwd, stdin=True, stdout=True, tty=True)
     in_fd, out_fd = sys.stdin.fileno(), sys.stdout.fileno()
     is_tty = os.isatty(in_fd)
 
@@ -181,7 +300,7 @@ def _interactive(session: Session, argv: list[str], env: dict[str, str], cwd: st
         sync_size()
         threading.Thread(target=waiter, daemon=True).start()
         sock = proc.stdout
-        stdin_open = True
+        stdin_open = proc.stdin is not None
         while True:
             fds = [sock.fileno(), done_r] + ([in_fd] if stdin_open else [])
             ready, _, _ = select.select(fds, [], [])
@@ -209,8 +328,119 @@ def _interactive(session: Session, argv: list[str], env: dict[str, str], cwd: st
         time.sleep(0.01)
     os.close(done_w)
     proc.close()
-    code = exit_code[0] if exit_code else 255
-    return code & 0xFF if code != 0xFFFFFFFF else 255
+    return _exit_code(exit_code[0] if exit_code else 255)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    """Run a container from an OCI image in the UVM, like `docker run --rm`."""
+    from gcs.host.broker import DeviceClient
+    from gcs.host.oci import ImageError
+    from gcs.host.run import ContainerRun, RunOptions, wait_notification
+
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    opts = RunOptions(args.image, command, tty=args.tty, interactive=args.interactive, env=args.env or [],
+                      workdir=args.workdir or "", user=args.user or "", hostname=args.hostname or "")
+
+    def report(msg: str) -> None:
+        sys.stderr.write(msg + "\n")
+
+    session = Session(args.uvm)
+    devices = DeviceClient(session.dir)
+    run = ContainerRun(session.bridge, devices, session.dir, opts, report)
+    started = False
+    try:
+        try:
+            spec = run.prepare()
+            run.create(spec)
+            started = True
+            proc = session.client.exec([], container_id=run.id, stdin=args.interactive or args.tty,
+                                       stdout=True, stderr=not args.tty, init_process=True)
+        except (ImageError, RpcError, RuntimeError, OSError) as err:
+            from gcs.host.run import describe_error
+            report(f"gcsctl run: {describe_error(err)}")
+            return 125  # docker run's "the container could not be run"
+        code = _relay_tty(proc) if args.tty else _relay_pipes(proc, args.interactive)
+        note = wait_notification(session.bridge, run.id)
+        if args.verbose:
+            report(f"gcsctl run: {note['Type'] if note else 'no exit notification'}; "
+                   f"storage {run.timings.get('storage', 0):.2f} s")
+        return code
+    except KeyboardInterrupt:
+        return 130
+    finally:
+        if started:
+            run.stop()
+        run.teardown()
+        devices.close()
+        session.close()
+
+
+def cmd_logs(args: argparse.Namespace) -> int:
+    """The agent's JSON log stream (vsock port 109 in a QEMU UVM), one readable line each."""
+    import json
+
+    path = os.path.join(os.path.abspath(args.uvm), "gcs.log")
+    try:
+        f = open(path, "rb")
+    except OSError:
+        raise SystemExit(f"gcsctl: no agent log at {path}") from None
+    with f:
+        while True:
+            line = f.readline()
+            if not line:
+                if not args.follow:
+                    return 0
+                time.sleep(0.2)
+                continue
+            if args.raw:
+                sys.stdout.write(line.decode(errors="replace"))
+                continue
+            try:
+                rec = json.loads(line)
+                stamp = str(rec.pop("time", ""))[11:23]
+                level, msg = rec.pop("level", "?"), rec.pop("msg", "")
+                fields = " ".join(f"{k}={json.dumps(v) if not isinstance(v, str) or ' ' in v else v}"
+                                  for k, v in rec.items())
+                sys.stdout.write(f"{stamp} {level[:4].upper():4} {msg}" + (f"  {fields}" if fields else "") + "\n")
+            except (ValueError, AttributeError):
+                sys.stdout.write(line.decode(errors="replace"))  # not JSON: a crash trace, say
+            sys.stdout.flush()
+
+
+def cmd_hotadd(args: argparse.Namespace) -> int:
+    """Plug a disk into a running QEMU UVM (what HCS does before the host's ModifySettings)."""
+    from gcs.host.broker import DeviceClient
+
+    client = DeviceClient(os.path.abspath(args.uvm))
+    try:
+        if args.kind == "pmem":
+            reply = client.call("pmem-add", image=args.image)
+            client.call("pmem-settled")  # an outside host sends VPMemDevice Add before the next one
+            print(f"vPMEM DeviceNumber {reply['device_number']} (/dev/pmem{reply['device_number']} in the UVM)")
+        else:
+            reply = client.call("scsi-add", image=args.image, read_only=args.read_only,
+                                **({"lun": args.lun} if args.lun is not None else {}))
+            print(f"SCSI Controller {reply['controller']} Lun {reply['lun']}")
+        return 0
+    except RuntimeError as err:
+        raise SystemExit(f"gcsctl hotadd: {err}") from None
+    finally:
+        client.close()
+
+
+def cmd_hotremove(args: argparse.Namespace) -> int:
+    from gcs.host.broker import DeviceClient
+
+    controller, _, lun = args.address.partition(":")
+    client = DeviceClient(os.path.abspath(args.uvm))
+    try:
+        client.call("scsi-remove", controller=int(controller), lun=int(lun))
+        print(f"SCSI {controller}:{lun} unplugged")
+        return 0
+    except (RuntimeError, ValueError) as err:
+        raise SystemExit(f"gcsctl hotremove: {err}") from None
+    finally:
+        client.close()
 
 
 def cmd_console(args: argparse.Namespace) -> int:
@@ -225,7 +455,8 @@ def cmd_console(args: argparse.Namespace) -> int:
 def cmd_ps(args: argparse.Namespace) -> int:
     session = Session(args.uvm)
     try:
-        out, err, code = session.client.run(["ps", "-o", "pid,ppid,stat,etime,args"],
+        # columns both busybox (the UVM) and procps (local mode) know; -e: every process
+        out, err, code = session.client.run(["ps", "-e", "-o", "pid,ppid,user,stat,rss,args"],
                                             env={"PATH": DEFAULT_PATH})
         sys.stdout.buffer.write(out)
         sys.stderr.buffer.write(err)
@@ -255,7 +486,7 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
         pid = int(open(pid_file).read())
     except (OSError, ValueError):
         return 0
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + 30
     while _alive(pid) and time.monotonic() < deadline:
         time.sleep(0.02)
     if _alive(pid):
@@ -352,9 +583,48 @@ def main(argv: Optional[list[str]] = None) -> int:
     parser = argparse.ArgumentParser(prog="gcsctl", description=__doc__.split("\n\n")[0])
     parser.add_argument("--uvm", default=DEFAULT_UVM, help=f"UVM directory (default {DEFAULT_UVM})")
     sub = parser.add_subparsers(dest="cmd", required=True)
-    p = sub.add_parser("start", help="start a local-mode agent for the UVM directory")
+    p = sub.add_parser("up", help="boot a utility VM under QEMU (builds the image if needed)")
+    p.add_argument("--loglevel", default="info")
+    p.add_argument("--memory", type=int, default=512, help="MiB of guest RAM (default 512)")
+    p.add_argument("--cpus", type=int, default=1)
+    p.add_argument("--accel", default="auto", choices=["auto", "kvm", "tcg"],
+                   help="auto: KVM where it can run the kernel, else TCG")
+    p.add_argument("--image", help="directory with vmlinux and initrd.img (default: build/uvm)")
+    p.add_argument("--external", action="store_true",
+                   help="leave the bridge and stdio ports to an outside host listening on DIR/vsock_<port>")
+    p.add_argument("--timeout", type=float, default=180.0, help="seconds to wait for the agent")
+    p.set_defaults(fn=cmd_up)
+    p = sub.add_parser("down", help="shut the UVM down (ShutdownGraceful, else power off)")
+    p.add_argument("--force", action="store_true", help="power off without asking the agent")
+    p.add_argument("--timeout", type=float, default=30.0)
+    p.set_defaults(fn=cmd_down)
+    p = sub.add_parser("start", help="start a local-mode agent for the UVM directory (no VM)")
     p.add_argument("--loglevel", default="info")
     p.set_defaults(fn=cmd_start)
+    p = sub.add_parser("run", help="run a container from an OCI image layout or docker-save tarball")
+    p.add_argument("-t", "--tty", action="store_true", help="allocate a pty")
+    p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")
+    p.add_argument("-e", "--env", action="append", help="KEY=VALUE")
+    p.add_argument("-w", "--workdir")
+    p.add_argument("-u", "--user")
+    p.add_argument("--hostname")
+    p.add_argument("-v", "--verbose", action="store_true", help="report the exit notification and timings")
+    p.add_argument("image")
+    p.add_argument("command", nargs=argparse.REMAINDER)
+    p.set_defaults(fn=cmd_run)
+    p = sub.add_parser("logs", help="the agent's log stream, pretty-printed")
+    p.add_argument("-f", "--follow", action="store_true")
+    p.add_argument("--raw", action="store_true", help="the JSON lines as they came")
+    p.set_defaults(fn=cmd_logs)
+    p = sub.add_parser("hotadd", help="plug a disk image into the running QEMU UVM")
+    p.add_argument("kind", choices=["pmem", "scsi"])
+    p.add_argument("image")
+    p.add_argument("--read-only", action="store_true")
+    p.add_argument("--lun", type=int)
+    p.set_defaults(fn=cmd_hotadd)
+    p = sub.add_parser("hotremove", help="unplug a SCSI disk (after the guest's SCSIDevice Remove)")
+    p.add_argument("address", help="CONTROLLER:LUN")
+    p.set_defaults(fn=cmd_hotremove)
     p = sub.add_parser("exec", help="run a command in the UVM (like docker exec)")
     p.add_argument("-t", "--tty", action="store_true", help="allocate a pty")
     p.add_argument("-i", "--interactive", action="store_true", help="forward stdin")

@@ -45,8 +45,12 @@ class ScsiDisk:
 
 class Hotplug:
     def __init__(self, qmp_path: str, uvm_dir: str, pmem_slots: int = 8, controllers: int = 1) -> None:
+        import logging
+
         from qemu.qmp.legacy import QEMUMonitorProtocol
 
+        # a refused or reset connect (QEMU starting or dying) is our error to report, not the library's
+        logging.getLogger("qemu.qmp").setLevel(logging.CRITICAL)
         self.qmp = QEMUMonitorProtocol(qmp_path)
         self.qmp.connect()
         self.lock = threading.Lock()

@@ -229,12 +229,17 @@ class QemuUvm:
         self.accel_used = accel
         from gcs.host.hotplug import Hotplug
         deadline = time.monotonic() + 20
-        while not os.path.exists(self.qmp_path):
+        while True:
             self._check_alive()
+            if os.path.exists(self.qmp_path):
+                try:
+                    self.hotplug = Hotplug(self.qmp_path, self.dir)
+                    return
+                except Exception:  # noqa: BLE001 - QEMU still starting, or already dying: look again
+                    pass
             if time.monotonic() > deadline:
-                raise UvmError(f"QEMU made no QMP socket within 20 s:\n{tail(self.qemu_log)}")
+                raise UvmError(f"QEMU answered no QMP within 20 s:\n{tail(self.qemu_log)}")
             time.sleep(0.01)
-        self.hotplug = Hotplug(self.qmp_path, self.dir)
 
     def _check_alive(self) -> None:
         if self.proc is not None and self.proc.poll() is not None:

@@ -59,6 +59,7 @@ class Storage:
         self.reaper = reaper
         self.mounts: dict[str, Mount] = {}
         self.overlays: dict[str, Overlay] = {}
+        self.bundle_binds: set[str] = set()  # bundle dirs bound onto a scratch's bundle/ by CombinedLayers
         self._locks: dict[str, aio.Lock] = {}
 
     def state(self) -> dict[str, int]:
@@ -153,14 +154,18 @@ class Storage:
     async def _dm_linear(self, name: str, device: str, offset: int, size: int) -> str:
         if offset % 512 or size % 512 or size == 0:
             raise hr.GcsError(hr.E_INVALIDARG, f"MappingInfo offset {offset} / size {size} not in 512-byte sectors")
-        table = f"0 {size // 512} linear {device} {offset // 512}"
-        await command.check(self.reaper, ["dmsetup", "create", name, "--readonly", "--table", table])
-        return f"/dev/mapper/{name}"
+        from gcs.storage import devmapper
+        try:
+            return devmapper.create_linear(name, device, offset // 512, size // 512)
+        except OSError as err:
+            raise hr.GcsError(hr.E_FAIL, f"dm-linear {name} over {device}: {err.strerror or err}") from None
 
     async def _dm_remove(self, name: str) -> None:
-        code, output = await command.run(self.reaper, ["dmsetup", "remove", name])
-        if code != 0:
-            log.warning("dmsetup remove failed", device=name, output=output.strip()[-300:])
+        from gcs.storage import devmapper
+        try:
+            devmapper.remove(name)
+        except OSError as err:
+            log.warning("device-mapper remove failed", device=name, error=err.strerror or str(err))
 
     # --- MappedVirtualDisk / SCSIDevice -------------------------------------------------
     async def _add_mappedvirtualdisk(self, s: MappedVirtualDisk) -> None:
@@ -273,11 +278,13 @@ class Storage:
                     created += mounts.make_dirs(bundle, 0o755)
                     mounts.mount(source, bundle, None, mounts.MS_BIND)
                     bundle_bind = bundle
+                    self.bundle_binds.add(bundle)
             created += mounts.make_dirs(root, 0o755)
             mount_overlay(root, layers, upper, work, "/run")
         except BaseException:
             if bundle_bind:
                 mounts.unmount(bundle_bind)
+                self.bundle_binds.discard(bundle_bind)
             mounts.remove_dirs(created)
             raise
         self.overlays[root] = Overlay(root, layers, scratch, created=created, bundle_bind=bundle_bind)
@@ -301,10 +308,12 @@ class Storage:
         log.info("unmounted overlay rootfs", path=root)
 
     def release_bundle(self, root: str) -> None:
-        """DeleteContainerState's part: drop the bundle bind made for an overlay at root."""
+        """DeleteContainerState's part: drop the bundle bind made for an overlay at root. (In
+        the v1 layout the bundle is the scratch disk's own mount, which is not ours to drop.)"""
         bundle = os.path.dirname(root)
-        if mounts.is_mountpoint(bundle):
+        if bundle in self.bundle_binds and mounts.is_mountpoint(bundle):
             mounts.unmount(bundle)
+        self.bundle_binds.discard(bundle)
 
     # --- MappedDirectory (Plan 9) -------------------------------------------------------
     async def _add_mappeddirectory(self, s: MappedDirectory) -> None:
@@ -375,6 +384,13 @@ class Storage:
                     except hr.GcsError as err:
                         log.warning("teardown: unmount failed", path=target, error=str(err))
         self.overlays.clear()
+        for bundle in self.bundle_binds:
+            if mounts.is_mountpoint(bundle):
+                try:
+                    mounts.unmount(bundle)
+                except hr.GcsError as err:
+                    log.warning("teardown: unmount failed", path=bundle, error=str(err))
+        self.bundle_binds.clear()
         for path, record in reversed(list(self.mounts.items())):
             try:
                 if record.kind == "blockdev":

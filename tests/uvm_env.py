@@ -1,0 +1,91 @@
+"""Helpers for the tests that run the agent in a QEMU guest (TCG here): the image, a UVM
+with finalizers, layer and disk images, and the broker's device service in-process."""
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+from gcs.host.broker import DeviceService
+from gcs.host.images import make_layer_image
+from gcs.host.launcher import REPO_ROOT
+from gcs.host.qemu import INIT_ARGS, QemuUvm
+
+IMAGE_DIR = os.path.join(REPO_ROOT, "build", "uvm")
+PMEM_ALIGN = 2 << 20
+# The agent as hcsshim starts it, with a short device wait so the "never appears" cases
+# end in seconds rather than the default 30.
+TEST_INIT_ARGS = INIT_ARGS.format(loglevel="debug") + " --device-wait 4"
+
+requires_qemu = pytest.mark.skipif(shutil.which("qemu-system-x86_64") is None, reason="QEMU is not installed")
+
+
+def build_image():
+    res = subprocess.run([sys.executable, os.path.join(REPO_ROOT, "initrd", "build.py"), "--out", IMAGE_DIR],
+                         capture_output=True, text=True, timeout=1500)
+    assert res.returncode == 0, res.stderr[-3000:]
+    return IMAGE_DIR
+
+
+def start_vm(directory, **kw):
+    vm = QemuUvm(str(directory), image_dir=IMAGE_DIR, **kw)
+    try:
+        vm.start()
+    except BaseException:
+        vm.stop()
+        raise
+    return vm
+
+
+def stop_vm(vm):
+    """Power the VM off and check nothing of it is left: QEMU and the back-end have exited."""
+    vm.stop()
+    for proc in (vm.proc, vm.backend):
+        if proc is not None:
+            assert proc.poll() is not None
+
+
+def layer(path, files, size=None):
+    """A 2 MiB-aligned ext4 layer image (what a virtio-pmem device maps) with `files`."""
+    src = str(path) + ".d"
+    for rel, content in files.items():
+        full = os.path.join(src, rel)
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as f:
+            f.write(content)
+    os.makedirs(src, exist_ok=True)
+    make_layer_image(src, str(path), size)
+    size = os.path.getsize(path)
+    os.truncate(path, -(-size // PMEM_ALIGN) * PMEM_ALIGN)
+    return str(path)
+
+
+def blank_disk(path, size=256 << 20):
+    with open(path, "wb") as f:
+        f.truncate(size)
+    return str(path)
+
+
+class InProcessDevices:
+    """The broker's device service without the broker: what gcsctl run talks to."""
+
+    def __init__(self, vm):
+        self.service = DeviceService(vm)
+        self.holding = [False]
+
+    def call(self, op, **args):
+        try:
+            return self.service.handle({"op": op, **args}, self.holding)
+        except Exception as err:  # noqa: BLE001 - DeviceClient raises RuntimeError for error replies
+            raise RuntimeError(str(err)) from None
+
+    def close(self):
+        if self.holding[0]:
+            self.service.pmem_turn.release()
+
+
+def guest(vm, script, **kw):
+    """Run a shell script in the UVM; returns (stdout, stderr, exit code)."""
+    out, err, code = vm.client.run(["sh", "-c", script], **kw)
+    return out.decode(), err.decode(), code
