@@ -38,7 +38,8 @@ class DeviceTree:
         self.dev_root = os.path.join(root, "devroot")
         self.sys_root = os.path.join(root, "sysroot")
         self.images = os.path.join(root, "images")
-        for d in (os.path.join(self.dev_root, "dev"), self.images):
+        # a Hyper-V UVM: the VMBus bus exists (controllers appear in it with add_controller)
+        for d in (os.path.join(self.dev_root, "dev"), self.images, os.path.join(self.sys_root, "sys/bus/vmbus/devices")):
             os.makedirs(d, exist_ok=True)
         self.loops = loops
 

@@ -99,3 +99,26 @@ def test_local_mode_private_run(uvm):
     assert code == 0
     assert b"tmpfs" in out and marker.encode() in out
     assert not os.path.exists(f"/run/{marker}")
+
+
+def test_every_transport_spec_parses_to_its_transport(tmp_path):
+    """Parsing builds the transport without opening anything: `vsock` (what /bin/gcs uses in
+    a UVM) included, so an import error in it can never hide again."""
+    from vmbus.af_vsock import VsockTransport
+    from vmbus.hybrid import HybridTransport
+    from vmbus.transport import parse_transport
+
+    vsock = parse_transport("vsock")
+    assert isinstance(vsock, VsockTransport) and vsock.cid == 2 and vsock.name == "vsock"
+    assert parse_transport("vsock:5").cid == 5
+    hybrid = parse_transport(f"hybrid:{tmp_path}/vsock")
+    assert isinstance(hybrid, HybridTransport) and hybrid.path == f"{tmp_path}/vsock"
+    for bad in ("hybrid:", "vsock:x", "tcp:1234", ""):
+        with pytest.raises(ValueError):
+            parse_transport(bad)
+
+
+def test_agent_refuses_vsock_in_local_mode():
+    proc = subprocess.run(agent_command(["--local", "--transport", "vsock"]), env=agent_env(), capture_output=True,
+                          timeout=30)
+    assert proc.returncode == 2 and b"--local refuses --transport vsock" in proc.stderr
