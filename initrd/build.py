@@ -156,39 +156,57 @@ class Modules:
                 self._aliases = table
         return self._aliases
 
-    def resolve(self, wanted: list[str]) -> list[str]:
+    def resolve(self, wanted: list[str]) -> list[tuple[str, str]]:
+        """(platform, module path) in load order. `wanted` entries may carry a platform
+        ("hyperv:hv_sock"); a dependency is that platform's too unless something for every
+        platform (or both platforms) needs it."""
         order: list[str] = []
         seen: set[str] = set()
+        needed_by: dict[str, set[str]] = {}
 
-        def visit(raw: str, chain: tuple[str, ...]) -> None:
+        def visit(raw: str, chain: tuple[str, ...], platform: str) -> None:
             name = _modname(raw)
+            if name in self.by_name:
+                needed_by.setdefault(name, set()).add(platform)
             if name in seen:
+                if name in self.by_name:
+                    for dep in self._deps(name):  # the new platform reaches its dependencies too
+                        visit(dep, chain + (name,), platform)
                 return
             if name not in self.by_name:
                 providers = self.aliases().get(raw, [])
                 if not providers:
                     raise BuildError(f"kernel module {name} not found (needed by {' <- '.join(chain) or 'uvm.toml'})")
                 for provider in sorted(providers, key=lambda p: "generic" in p):  # arch-optimised first
-                    visit(provider, chain + (name,))
+                    visit(provider, chain + (name,), platform)
                 seen.add(name)
                 return
             seen.add(name)
-            info = elf.modinfo(os.path.join(self.base, self.by_name[name]))
-            for soft in info.get("softdep", []):
-                words = soft.split()
-                if "pre:" in words:
-                    for dep in words[words.index("pre:") + 1:]:
-                        if dep.endswith(":"):
-                            break
-                        visit(dep, chain + (name,))
-            for dep in ",".join(info.get("depends", [])).split(","):
-                if dep:
-                    visit(dep, chain + (name,))
+            for dep in self._deps(name):
+                visit(dep, chain + (name,), platform)
             order.append(name)
 
-        for name in wanted:
-            visit(name, ())
-        return [self.by_name[n] for n in order]
+        for entry in wanted:
+            platform, _, name = entry.rpartition(":")
+            visit(name, (), platform or "all")
+        out = []
+        for name in order:
+            platforms = needed_by.get(name, {"all"})
+            out.append((platforms.pop() if len(platforms) == 1 else "all", self.by_name[name]))
+        return out
+
+    def _deps(self, name: str) -> list[str]:
+        """softdep pre: modules first, then depends=."""
+        info = elf.modinfo(os.path.join(self.base, self.by_name[name]))
+        deps = []
+        for soft in info.get("softdep", []):
+            words = soft.split()
+            if "pre:" in words:
+                for dep in words[words.index("pre:") + 1:]:
+                    if dep.endswith(":"):
+                        break
+                    deps.append(dep)
+        return deps + [d for d in ",".join(info.get("depends", [])).split(",") if d]
 
     def depends(self, rel: str) -> list[str]:
         info = elf.modinfo(os.path.join(self.base, rel))
@@ -358,12 +376,12 @@ def compile_python(root: str, interpreter: str) -> None:
                     os.unlink(os.path.join(dirpath, name))  # a file, or a symlink to one
 
 
-def write_etc(root: str, desc: dict, release: str, modules: list[str], mods: "Modules") -> None:
+def write_etc(root: str, desc: dict, release: str, modules: list[tuple[str, str]], mods: "Modules") -> None:
     etc = os.path.join(root, "etc")
     os.makedirs(etc, exist_ok=True)
     init = desc["init"]
     files = {
-        "modules.order": "".join(" ".join([m, *mods.depends(m)]) + "\n" for m in modules),
+        "modules.order": "".join(" ".join([platform, m, *mods.depends(m)]) + "\n" for platform, m in modules),
         "modules.release": release + "\n",
         "uvm-init.conf": "".join(f"{k}={init[k]}\n" for k in ("restart_min_ms", "restart_max_ms", "restart_stable_s"))
         + f"default={desc['services']['default']}\n",
@@ -419,7 +437,7 @@ def build(out: str, force: bool = False, say: Progress | None = None) -> dict:
         os.makedirs(os.path.join(root, d), exist_ok=True)
     os.chmod(os.path.join(root, "tmp"), 0o1777)
     os.chmod(os.path.join(root, "root"), 0o700)
-    for rel in module_paths:
+    for _, rel in module_paths:
         dest = os.path.join(root, "lib", "modules", release, rel)
         os.makedirs(os.path.dirname(dest), exist_ok=True)
         with open(os.path.join(mods.base, rel), "rb") as f:

@@ -21,7 +21,7 @@ import struct
 import sys
 import threading
 import time
-from typing import Any, Optional
+from typing import Any
 
 from gcs.host.bridge_client import HostBridge
 from gcs.protocol.ids import RequestId
@@ -173,9 +173,10 @@ class DeviceService:
 
     SETTLE_TIMEOUT = 120.0
 
-    def __init__(self, uvm: Any) -> None:
+    def __init__(self, uvm: Any, report: Any = None) -> None:
         self.uvm = uvm
         self.pmem_turn = threading.Lock()
+        self.log = report or log
 
     def serve(self, listener: socket.socket, stopping: threading.Event) -> None:
         listener.settimeout(0.2)
@@ -222,7 +223,7 @@ class DeviceService:
                 holding[0] = False
                 self.pmem_turn.release()
                 raise
-            log("pmem device plugged", device_number=number, image=request["image"])
+            self.log("pmem device plugged", device_number=number, image=request["image"])
             return {"device_number": number}
         if op == "pmem-settled":
             if holding[0]:
@@ -232,12 +233,12 @@ class DeviceService:
         if op == "scsi-add":
             disk = hotplug.add_scsi(request["image"], bool(request.get("read_only")),
                                     int(request.get("controller", 0)), request.get("lun"))
-            log("SCSI disk plugged", controller=disk.controller, lun=disk.lun, image=disk.image)
+            self.log("SCSI disk plugged", controller=disk.controller, lun=disk.lun, image=disk.image)
             return {"controller": disk.controller, "lun": disk.lun}
         if op == "scsi-remove":
             hotplug.remove_scsi(int(request["controller"]), int(request["lun"]),
                                 float(request.get("timeout", 30.0)))
-            log("SCSI disk unplugged", controller=request["controller"], lun=request["lun"])
+            self.log("SCSI disk unplugged", controller=request["controller"], lun=request["lun"])
             return {}
         if op == "list":
             return {"pmem": {n: s.image for n, s in hotplug.pmem.items()},

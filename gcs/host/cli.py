@@ -21,7 +21,7 @@ from typing import Optional
 
 from gcs.host.bridge_client import HostBridge, RpcError
 from gcs.host.broker import ctl_path
-from gcs.host.launcher import LocalUvm, agent_env
+from gcs.host.launcher import agent_env
 from gcs.host.processes import FIRST_STDIO_PORT, ProcessClient
 from gcs.protocol.ids import RequestId
 
@@ -497,67 +497,8 @@ def cmd_shutdown(args: argparse.Namespace) -> int:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    """Start a local-mode agent; run processes and a container in it; shut it down."""
-    import json
-    import tempfile
-
-    from gcs.host.images import attach_loop, detach_loop, make_layer_image
-    from gcs.host.samples import busybox_rootfs, default_spec
-
-    with tempfile.TemporaryDirectory(prefix="gcs-demo-") as tmp:
-        # A read-only layer image on a loop device stands in for the host's vPMEM device.
-        busybox_rootfs(os.path.join(tmp, "rootfs"))
-        make_layer_image(os.path.join(tmp, "rootfs"), os.path.join(tmp, "layer.img"))
-        loop = attach_loop(os.path.join(tmp, "layer.img"))
-        os.makedirs(os.path.join(tmp, "devroot", "dev"))
-        os.symlink(loop, os.path.join(tmp, "devroot", "dev", "pmem0"))
-        t0 = time.monotonic()
-        uvm = LocalUvm(os.path.join(tmp, "uvm"), loglevel="info",
-                       extra_args=["--dev-root", os.path.join(tmp, "devroot")]).start()
-        try:
-            print(f"== local-mode agent negotiated protocol v4 in {(time.monotonic() - t0) * 1000:.0f} ms")
-            assert uvm.client is not None and uvm.bridge is not None
-            out, err, code = uvm.client.run(["sh", "-c", "echo hello from the UVM: $(uname -sr); id -u"])
-            print(f"== exec in the UVM -> exit {code}\n{out.decode()}{err.decode()}", end="")
-            sleeper = uvm.client.exec(["sleep", "30"])
-            out, _, _ = uvm.client.run(["ps", "-o", "pid,ppid,stat,args"])
-            print(f"== ps (sleep 30 is pid {sleeper.pid})\n{out.decode()}", end="")
-            sleeper.signal(signal.SIGTERM)
-            print(f"== SIGTERM to pid {sleeper.pid} -> exit code {sleeper.wait()}")
-
-            def modify(resource: str, settings: dict, request: str = "Add") -> None:
-                uvm.bridge.call(RequestId.MODIFY_SETTINGS, Request={
-                    "RequestType": request, "ResourceType": resource, "Settings": settings})
-
-            modify("VPMemDevice", {"DeviceNumber": 0, "MountPath": "/run/layers/p0"})
-            rootfs = "/run/gcs/c/demo/rootfs"
-            modify("CombinedLayers", {"ContainerID": "demo", "ContainerRootPath": rootfs,
-                                      "Layers": [{"Path": "/run/layers/p0"}],
-                                      "ScratchPath": "/run/gcs/c/demo/scratch/demo"})
-            spec = default_spec(["sh", "-c", "echo hello from container $(hostname), pid $$; "
-                                             "grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'"], rootfs)
-            config = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciBundlePath": "/run/gcs/c/demo",
-                      "OciSpecification": spec, "ScratchDirPath": "/run/gcs/c/demo/scratch/demo"}
-            uvm.bridge.known_containers.add("demo")
-            t1 = time.monotonic()
-            uvm.bridge.call(RequestId.CREATE, "demo", ContainerConfig=json.dumps(config))
-            uvm.bridge.call(RequestId.START, "demo")
-            init = uvm.client.exec([], container_id="demo", stdout=True, stderr=True, init_process=True)
-            out, err, code = init.communicate()
-            note = uvm.bridge.notifications.get(timeout=10)
-            print(f"== container from a pmem layer + overlay, native runtime: exit {code} in "
-                  f"{(time.monotonic() - t1) * 1000:.0f} ms, notification {note['Type']}\n{out.decode()}{err.decode()}",
-                  end="")
-            modify("CombinedLayers", {"ContainerRootPath": rootfs}, "Remove")
-            uvm.bridge.call(RequestId.DELETE_CONTAINER_STATE, "demo")
-            modify("VPMemDevice", {"DeviceNumber": 0, "MountPath": "/run/layers/p0"}, "Remove")
-            uvm.bridge.call(RequestId.SHUTDOWN_GRACEFUL)
-            assert uvm.proc is not None
-            print(f"== shutdown -> agent exited with {uvm.proc.wait(10)}")
-        finally:
-            uvm.stop()
-            detach_loop(loop)
-    return 0
+    from gcs.host import demo
+    return demo.local_demo() if args.local else demo.uvm_demo(os.path.abspath(args.uvm) if args.uvm_given else None)
 
 
 def cmd_image(args: argparse.Namespace) -> int:
@@ -640,7 +581,10 @@ def main(argv: Optional[list[str]] = None) -> int:
     p = sub.add_parser("shutdown", help="shut the UVM (local mode: the agent) down")
     p.add_argument("--force", action="store_true")
     p.set_defaults(fn=cmd_shutdown)
-    sub.add_parser("demo", help="start an agent, exec, ps, signal, shut down").set_defaults(fn=cmd_demo)
+    p = sub.add_parser("demo", help="boot a UVM, run a container from an image in it, shut it down "
+                                     "(the local-mode agent where QEMU cannot run)")
+    p.add_argument("--local", action="store_true", help="the local-mode demo: no VM")
+    p.set_defaults(fn=cmd_demo)
     p = sub.add_parser("image", help="build a layer image (from a directory or tar) or a scratch disk")
     p.add_argument("kind", choices=["layer", "scratch"])
     p.add_argument("output")
@@ -648,6 +592,7 @@ def main(argv: Optional[list[str]] = None) -> int:
     p.add_argument("--size", type=_size, help="image size (e.g. 64M); layers default to what the files need")
     p.set_defaults(fn=cmd_image)
     args = parser.parse_args(argv)
+    args.uvm_given = any(a == "--uvm" or a.startswith("--uvm=") for a in (argv if argv is not None else sys.argv))
     if getattr(args, "command", None) and args.command[0] == "--":
         args.command = args.command[1:]
     try:

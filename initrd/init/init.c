@@ -13,6 +13,7 @@
  * the VM powers off.
  */
 #define _GNU_SOURCE
+#include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
 #include <getopt.h>
@@ -24,6 +25,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <sys/ioctl.h>
 #include <sys/mount.h>
 #include <sys/reboot.h>
@@ -128,9 +130,10 @@ static void base_filesystems(int writable) {
 }
 
 /*
- * /etc/modules.order: `path dep dep...` per line (path relative to /lib/modules/<release>/),
- * dependencies first. A module whose dependency did not load is skipped without trying: under
- * QEMU hv_vmbus finds no VMBus (ENODEV), so hv_sock, hv_storvsc and hv_netvsc are not attempted.
+ * /etc/modules.order: `platform path dep dep...` per line (path relative to
+ * /lib/modules/<release>/), dependencies first. platform is `all`, `hyperv` (loaded only when
+ * ACPI shows a VMBus) or `virtio` (loaded only when it does not). A module whose dependency
+ * did not load is skipped without trying.
  */
 #define MAX_FAILED 64
 static char failed[MAX_FAILED][64];
@@ -159,9 +162,25 @@ static void module_name(const char *path, char *name, size_t size) {
             *c = '_';
 }
 
+/* "hyperv" when ACPI describes a VMBus (what hv_vmbus binds to), "virtio" when ACPI exists
+ * without one, NULL (load everything) when there is no ACPI to ask. */
+static const char *platform(void) {
+    DIR *acpi = opendir("/sys/bus/acpi/devices");
+    if (!acpi)
+        return NULL;
+    const char *found = "virtio";
+    struct dirent *d;
+    while ((d = readdir(acpi)))
+        if (!strncasecmp(d->d_name, "VMBUS:", 6))
+            found = "hyperv";
+    closedir(acpi);
+    return found;
+}
+
 static void load_modules(void) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
+    const char *here = platform();
     FILE *list = fopen("/etc/modules.order", "re");
     if (!list)
         return;
@@ -176,12 +195,17 @@ static void load_modules(void) {
     }
     fclose(rel);
     dir[strcspn(dir, "\n")] = 0;
-    int loaded = 0, absent = 0;
+    int loaded = 0, absent = 0, other = 0;
     while (fgets(line, sizeof line, list)) {
         line[strcspn(line, "\n")] = 0;
-        char *file = strtok(line, " ");
+        char *where = strtok(line, " ");
+        char *file = strtok(NULL, " ");
         if (!file)
             continue;
+        if (here && strcmp(where, "all") && strcmp(where, here)) {
+            other++;
+            continue;
+        }
         module_name(file, name, sizeof name);
         int skip = 0;
         for (char *dep = strtok(NULL, " "); dep; dep = strtok(NULL, " "))
@@ -210,7 +234,8 @@ static void load_modules(void) {
         close(fd);
     }
     fclose(list);
-    say("modules: %d loaded, %d skipped without their hardware, %ld ms", loaded, absent, ms_since(&t0));
+    say("modules for %s: %d loaded, %d skipped without their hardware, %d for the other platform, %ld ms",
+        here ? here : "any platform", loaded, absent, other, ms_since(&t0));
 }
 
 static int write_file(const char *path, const char *text) {
