@@ -1,4 +1,5 @@
-"""Benchmarks of the agent in local mode (this machine), printed as a table.
+"""Benchmarks of the agent in local mode (this machine) and in its UVM under QEMU, printed as
+a table (`python -m bench uvm` for the UVM section alone).
 
 Each figure is a median over repeated runs unless it says otherwise. Timings are noisy
 (±30% run to run here): compare runs as ratios, side by side in one run.
@@ -408,10 +409,10 @@ def main() -> int:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
         return 1
     print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
-    sections = set(sys.argv[1:]) or {"core", "storage", "containers", "vsock"}
-    unknown = sections - {"core", "storage", "containers", "vsock"}
+    sections = set(sys.argv[1:]) or {"core", "storage", "containers", "vsock", "uvm"}
+    unknown = sections - {"core", "storage", "containers", "vsock", "uvm"}
     if unknown:
-        print(f"unknown sections {sorted(unknown)}: choose from core storage containers vsock", file=sys.stderr)
+        print(f"unknown sections {sorted(unknown)}: choose from core storage containers vsock uvm", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
         if "core" in sections:
@@ -422,6 +423,9 @@ def main() -> int:
             bench_containers(tmp)
         if "vsock" in sections:
             bench_vsock(tmp)
+        if "uvm" in sections:
+            from bench.uvm import bench_uvm
+            bench_uvm(tmp, report)
     width = [max(len(r[i]) for r in ROWS + [("measure", "pygcs", "target", "Go GCS (reference)")])
              for i in range(4)]
     header = ("measure", "pygcs", "target", "Go GCS (reference)")

@@ -5,15 +5,24 @@ are inheritable: a pty master or a pipe end would leak into every process starte
 """
 from __future__ import annotations
 
-import array
-import socket
+import struct
+
+import _socket  # not `socket`: its enums cost start-up time under TCG
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
+
+_INT = struct.Struct("i")
 
 
 def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:
-    fds = array.array("i")
-    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, socket.CMSG_SPACE(maxfds * fds.itemsize),
-                                                socket.MSG_CMSG_CLOEXEC)
+    fds: list[int] = []
+    data, ancdata, _flags, _addr = sock.recvmsg(bufsize, _socket.CMSG_SPACE(maxfds * _INT.size),
+                                                _socket.MSG_CMSG_CLOEXEC)
     for level, kind, payload in ancdata:
-        if level == socket.SOL_SOCKET and kind == socket.SCM_RIGHTS:
-            fds.frombytes(payload[:len(payload) - len(payload) % fds.itemsize])
-    return data, list(fds)
+        if level == _socket.SOL_SOCKET and kind == _socket.SCM_RIGHTS:
+            # C ints; not `array`, which drags collections.abc into the agent's start-up
+            fds += (value for (value,) in _INT.iter_unpack(payload[:len(payload) - len(payload) % _INT.size]))
+    return data, fds

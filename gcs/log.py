@@ -7,13 +7,16 @@ whole environments or secrets: the helpers below summarise processes instead.
 """
 from __future__ import annotations
 
-import json
 import os
 import time
+
+from gcs.protocol.jsoncodec import make_encoder
+
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Any
 
+_encode = make_encoder(default=str, allow_nan=True)
 LEVELS = {"trace": 0, "debug": 1, "info": 2, "warning": 3, "warn": 3, "error": 4, "fatal": 5, "panic": 6}
 
 
@@ -35,7 +38,7 @@ class Logger:
         for key, value in fields.items():
             # logrus keeps the three standard keys for itself; clashing fields get a prefix.
             record["fields." + key if key in record else key] = value
-        line = json.dumps(record, separators=(",", ":"), default=str) + "\n"
+        line = _encode(record) + "\n"
         try:
             os.write(self.fd, line.encode())
         except OSError:

@@ -376,12 +376,15 @@ def compile_python(root: str, interpreter: str) -> None:
                     os.unlink(os.path.join(dirpath, name))  # a file, or a symlink to one
 
 
-def write_etc(root: str, desc: dict, release: str, modules: list[tuple[str, str]], mods: "Modules") -> None:
+def write_etc(root: str, desc: dict, release: str, modules: list[tuple[str, str]], mods: "Modules",
+              early: int) -> None:
     etc = os.path.join(root, "etc")
     os.makedirs(etc, exist_ok=True)
     init = desc["init"]
     files = {
-        "modules.order": "".join(" ".join([platform, m, *mods.depends(m)]) + "\n" for platform, m in modules),
+        # `background` separates what /init loads before the agent from the rest
+        "modules.order": "".join(("background\n" if i == early else "") + " ".join([platform, m, *mods.depends(m)])
+                                 + "\n" for i, (platform, m) in enumerate(modules)),
         "modules.release": release + "\n",
         "uvm-init.conf": "".join(f"{k}={init[k]}\n" for k in ("restart_min_ms", "restart_max_ms", "restart_stable_s"))
         + f"default={desc['services']['default']}\n",
@@ -428,8 +431,10 @@ def build(out: str, force: bool = False, say: Progress | None = None) -> dict:
         say(f"extracting vmlinux from {kname} {pins[kname].version}")
         extract_vmlinux(os.path.join(kdir, "boot", f"vmlinuz-{release}"), vmlinux)
     mods = Modules(kdir, release, os.path.join(out, f"aliases-{pins[kname].sha256[:12]}.json"))
-    module_paths = mods.resolve(desc["modules"]["load"])
-    say(f"{len(module_paths)} kernel modules in load order")
+    early = mods.resolve(desc["modules"].get("early", []))
+    module_paths = early + [m for m in mods.resolve(desc["modules"]["early"] + desc["modules"]["load"])
+                            if m not in early]
+    say(f"{len(module_paths)} kernel modules in load order ({len(early)} before the agent starts)")
 
     root = os.path.join(out, "root")
     shutil.rmtree(root, ignore_errors=True)
@@ -475,7 +480,7 @@ def build(out: str, force: bool = False, say: Progress | None = None) -> dict:
             continue  # a real program of that name is in the image
         os.makedirs(os.path.dirname(link), exist_ok=True)
         os.symlink("/bin/busybox", link)
-    write_etc(root, desc, release, module_paths, mods)
+    write_etc(root, desc, release, module_paths, mods, len(early))
 
     _resolve_libraries(root, _library_index(libraries), say)
     if python.get("sourceless"):

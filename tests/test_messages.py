@@ -6,7 +6,7 @@ import pytest
 
 from gcs.protocol import hresult as hr
 from gcs.protocol.framing import encode_frame
-from gcs.protocol.ids import RequestId, response_id
+from gcs.protocol.ids import REQUEST_IDS, RequestId, response_id
 from gcs.protocol.messages import parse_request
 from gcs.protocol.replies import (container_notification, encode_json, encode_reply, error_response,
                                   negotiate_response, response)
@@ -188,7 +188,7 @@ def test_notification_result_info_is_a_json_string():
 
 
 def test_response_id_for_every_request():
-    for ident in RequestId:
+    for ident in REQUEST_IDS:
         assert response_id(ident) == (ident & 0x0FFFFFFF) | 0x20000000
     assert response_id(0x10FFFF01) == 0x20FFFF01
 

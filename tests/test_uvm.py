@@ -171,7 +171,7 @@ def test_exec_into_a_running_container_then_shutdown(vm, devices, oci_image):
     finally:
         run.teardown()
     # the scratch disk was released by the guest (SCSIDevice Remove) and unplugged: gone
-    out, _, _ = guest(vm, f"ls /sys/bus/scsi/devices/; cat /proc/mounts")
+    out, _, _ = guest(vm, "ls /sys/bus/scsi/devices/; cat /proc/mounts")
     assert f":0:0:{disk.lun}" not in out and run.id not in out and "/dev/sd" not in out
     assert not vm.hotplug.scsi
 

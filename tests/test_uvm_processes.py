@@ -9,7 +9,7 @@ import pytest
 
 from gcs.host.bridge_client import RpcError
 from gcs.protocol import hresult as hr
-from gcs.protocol.ids import NULL_CONTAINER_ID, RequestId
+from gcs.protocol.ids import NULL_CONTAINER_ID, RequestId, request_name
 
 from conftest import read_log, requires_root
 
@@ -241,7 +241,7 @@ def test_container_requests_for_unknown_containers(uvm):
                   RequestId.GET_PROPERTIES, RequestId.WAIT_FOR_PROCESS, RequestId.SIGNAL_PROCESS):
         with pytest.raises(RpcError) as info:
             uvm.bridge.call(ident, container_id="nosuch", ProcessId=1)
-        assert info.value.hresult == hr.SYSTEM_NOT_FOUND, RequestId(ident).name
+        assert info.value.hresult == hr.SYSTEM_NOT_FOUND, request_name(ident)
 
 
 def test_start_is_a_noop(uvm):

@@ -2,9 +2,14 @@
 from __future__ import annotations
 
 import os
-import socket
+
+import _socket  # not `socket`: its enums cost start-up time under TCG
 
 from gcs import aio
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 
 class Conn:
@@ -41,7 +46,7 @@ class Conn:
         loop = aio.get_loop()
         for fd in {self.read_fd, self.write_fd}:
             loop.forget_fd(fd)
-        if isinstance(self._owner, socket.socket):
+        if isinstance(self._owner, _socket.socket):
             self._owner.close()
         else:
             # stdio: leave fds 0/1 open (something must occupy them) but signal EOF upstream.

@@ -4,7 +4,7 @@ reconnect loop that dials again every 100 ms (protocol.md 1.4, 2.4, 8.2).
 """
 from __future__ import annotations
 
-from collections import deque
+from _collections import deque  # `collections` itself pulls in more than deque
 
 from gcs import aio
 from gcs.bridge.connection import Conn
@@ -122,7 +122,7 @@ class Bridge:
                 self._flush_notifications()
                 self._flush()
                 if self.connections == 1:
-                    log.info("first negotiation answered", since_exec_ms=_since_exec_ms())
+                    log.info("first negotiation answered", since_exec_ms=since_exec_ms())
                 if self.on_negotiated is not None:
                     aio.get_loop().call_soon(self.on_negotiated)
             self._flush()
@@ -220,7 +220,7 @@ async def dial_bridge(transport, port: int = BRIDGE_PORT) -> Conn:
     return Conn.from_socket(sock, f"{transport.name}:{port}")
 
 
-def _since_exec_ms() -> int:
+def since_exec_ms() -> int:
     """How long ago this process was exec'd (start-up cost as the host sees it)."""
     import os
     import time

@@ -6,7 +6,6 @@ socketpair the native runtime uses, so the agent's side is identical for both.
 """
 from __future__ import annotations
 
-import json
 import os
 import secrets
 import socket
@@ -14,7 +13,7 @@ import tempfile
 
 from gcs import aio
 from gcs.log import log
-from gcs.protocol import hresult as hr
+from gcs.protocol import hresult as hr, jsoncodec
 from gcs.runtime.command import TOOL_PATH
 from gcs.runtime.reaper import Reaper, exit_code
 from gcs.runtime.spawn import SpawnSpec, spawn
@@ -117,7 +116,7 @@ class RuncRuntime:
         try:
             process_file = os.path.join(directory, "process.json")
             with open(process_file, "w") as f:
-                f.write(json.dumps(plan["process"]))
+                f.write(jsoncodec.dumps(plan["process"]))
             pid_file = os.path.join(directory, "pid")
             try:
                 await self._with_console(plan, lambda extra: self._runc(
@@ -159,7 +158,7 @@ def _last_error(log_file: str) -> str:
         with open(log_file) as f:
             for line in f:
                 try:
-                    entry = json.loads(line)
+                    entry = jsoncodec.loads(line)
                 except ValueError:
                     continue
                 if entry.get("level") in ("error", "fatal", "panic"):

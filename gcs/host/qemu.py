@@ -224,7 +224,8 @@ class QemuUvm:
         return argv
 
     def _start_qemu(self, kernel: str, initrd: str, accel: str) -> None:
-        open(self.console_log, "wb").close()
+        for fresh in (self.console_log, self.log_path):  # this VM's logs (an agent restart appends)
+            open(fresh, "wb").close()
         err = open(self.qemu_log, "wb")
         self.started_at = time.monotonic()
         self.proc = subprocess.Popen(self.qemu_argv(kernel, initrd, accel), stdin=subprocess.DEVNULL,

@@ -8,7 +8,8 @@
 """
 from __future__ import annotations
 
-import json
+from . import jsoncodec
+
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Any, Optional
@@ -21,7 +22,7 @@ _MISSING = object()
 def decode_json(raw: bytes | str, what: str) -> Any:
     try:
         text = raw.decode("utf-8") if isinstance(raw, (bytes, bytearray)) else raw
-        return json.loads(text)
+        return jsoncodec.loads(text)
     except UnicodeDecodeError as err:
         raise invalid_json(f"failed to unmarshal JSON in {what}: invalid UTF-8 at byte {err.start}") from None
     except ValueError as err:

@@ -5,7 +5,6 @@ Header: uint32 message id, uint32 total size (header included), uint64 sequence 
 from __future__ import annotations
 
 import struct
-from collections import namedtuple
 
 HEADER = struct.Struct("<IIQ")
 HEADER_SIZE = HEADER.size  # 16
@@ -21,7 +20,22 @@ class FramingError(Exception):
 
 
 # One message: id, sequence id, payload (a namedtuple: dataclasses cost ~25 ms to import).
-Frame = namedtuple("Frame", "ident seq payload")
+class Frame:
+    """One message: its identifier, sequence id and JSON payload (bytes)."""
+
+    __slots__ = ("ident", "seq", "payload")
+
+    def __init__(self, ident: int, seq: int, payload: bytes) -> None:
+        self.ident, self.seq, self.payload = ident, seq, payload
+
+    def __iter__(self):  # unpacks like the (ident, seq, payload) tuple it replaces
+        return iter((self.ident, self.seq, self.payload))
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Frame) and tuple(self) == tuple(other)
+
+    def __repr__(self) -> str:
+        return f"Frame(ident=0x{self.ident:08x}, seq={self.seq}, payload={self.payload!r})"
 
 
 def encode_frame(ident: int, seq: int, payload: bytes) -> bytes:

@@ -1,7 +1,6 @@
 """Message identifiers of the hcsshim bridge (protocol.md 1.2, 1.3)."""
 from __future__ import annotations
 
-from enum import IntEnum
 
 TYPE_MASK = 0xF0000000
 CATEGORY_MASK = 0x0FF00000
@@ -13,7 +12,9 @@ TYPE_RESPONSE = 0x20000000
 TYPE_NOTIFICATION = 0x30000000
 
 
-class RequestId(IntEnum):
+class RequestId:
+    """Request identifiers, plain ints (an IntEnum costs start-up time before the first reply)."""
+
     CREATE = 0x10100101
     START = 0x10100201
     SHUTDOWN_GRACEFUL = 0x10100301
@@ -50,11 +51,20 @@ def message_type(ident: int) -> int:
     return ident & TYPE_MASK
 
 
-def describe(ident: int) -> str:
+_NAMES = {value: name for name, value in vars(RequestId).items() if name.isupper()}
+REQUEST_IDS = tuple(_NAMES)  # every request id hcsshim knows
+
+
+def request_name(ident: int) -> str:
+    """The name of a known request id (ValueError for any other)."""
     try:
-        return RequestId(ident).name
-    except ValueError:
-        return f"0x{ident:08x}"
+        return _NAMES[ident]
+    except KeyError:
+        raise ValueError(f"0x{ident:08x} is not a known request id") from None
+
+
+def describe(ident: int) -> str:
+    return _NAMES.get(ident) or f"0x{ident:08x}"
 
 # Requests a Linux GCS answers with something other than E_NOTIMPL.
 HANDLED_REQUESTS = frozenset({

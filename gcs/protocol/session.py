@@ -14,7 +14,7 @@ from . import hresult as hr
 from .fields import Obj, peek_envelope
 from .framing import DEFAULT_MAX_INBOUND, Frame, FrameDecoder, encode_frame
 from .ids import (HANDLED_REQUESTS, NOTIFICATION_CONTAINER, PROTOCOL_VERSION, TYPE_MASK, TYPE_REQUEST,
-                  RequestId, response_id)
+                  RequestId, request_name, response_id)
 from .replies import encode_reply, error_response, negotiate_response
 
 TYPE_CHECKING = False
@@ -34,7 +34,7 @@ class IncomingRequest:
 
     @property
     def name(self) -> str:
-        return RequestId(self.ident).name
+        return request_name(self.ident)
 
 
 class AutoReply:

@@ -12,7 +12,7 @@ the same loop callback, so its status can never be collected before the watch ex
 from __future__ import annotations
 
 import os
-import signal
+import _signal  # not `signal`: its enums cost start-up time under TCG
 
 from gcs import aio
 from gcs.log import log
@@ -36,7 +36,7 @@ class Reaper:
         self._watches: dict[int, aio.Future] = {}
         self._unclaimed: dict[int, int] = {}
         self.orphans_reaped = 0
-        loop.add_signal_handler(signal.SIGCHLD, lambda _sig: self.reap())
+        loop.add_signal_handler(_signal.SIGCHLD, lambda _sig: self.reap())
 
     def watch(self, pid: int) -> aio.Future:
         """The future for pid's exit status. Call once per process and keep the result: once

@@ -6,14 +6,18 @@ posix_spawn has no portable chdir action exposed to Python 3.11).
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import dataclass
-from typing import Optional
+
+import _signal  # not `signal`: its enums cost start-up time under TCG
 
 from gcs.protocol.hresult import E_FAIL, E_INVALIDARG, GcsError
 
+TYPE_CHECKING = False  # typing costs ~45 ms under TCG; annotations are never evaluated
+if TYPE_CHECKING:
+    from typing import Optional
+
 # Signals Python leaves ignored; ignored dispositions survive exec, so reset them.
-_RESET_SIGNALS = {signal.SIGPIPE, signal.SIGXFSZ}
+_RESET_SIGNALS = {_signal.SIGPIPE, _signal.SIGXFSZ}
 _DEVNULL = "/dev/null"
 
 

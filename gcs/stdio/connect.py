@@ -1,8 +1,10 @@
 """Dialling the host's stdio ports for a process (protocol.md 5.1)."""
 from __future__ import annotations
 
-import socket
-from typing import Optional
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+    from typing import Optional
 
 from gcs.protocol.hresult import E_FAIL, E_INVALIDARG, GcsError
 from gcs.protocol.messages import ProcessParameters, StdioPorts

@@ -8,11 +8,16 @@ exit code is released only when all of this is done, so no output is ever lost.
 from __future__ import annotations
 
 import os
-import socket
+
+import _socket  # not `socket`: its enums cost start-up time under TCG
 
 from gcs import aio
 from gcs.log import log
 from gcs.stdio.connect import StdioConnections
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 CHUNK = 1 << 17
 
@@ -59,7 +64,7 @@ class PipeRelay:
             self._close_fd(fd)
         if sock is not None:
             try:
-                sock.shutdown(socket.SHUT_WR)
+                sock.shutdown(_socket.SHUT_WR)
                 extra = await aio.wait_for(aio.sock_recv(sock, 1), 5.0)
                 if extra:
                     log.warning("unexpected data in socket after output")

@@ -8,7 +8,8 @@ output read), and only then are the connections closed and the exit code release
 from __future__ import annotations
 
 import os
-import socket
+
+import _socket  # not `socket`: its enums cost start-up time under TCG
 
 from gcs import aio
 from gcs.stdio.connect import StdioConnections
@@ -71,7 +72,7 @@ class TtyRelay:
         for sock in self.conns.all():
             loop.forget_fd(sock.fileno())
             try:
-                sock.shutdown(socket.SHUT_RDWR)
+                sock.shutdown(_socket.SHUT_RDWR)
             except OSError:
                 pass
             sock.close()

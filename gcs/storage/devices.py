@@ -35,7 +35,7 @@ class DeviceResolver:
     def sys(self, *parts: str) -> str:
         return os.path.join(self.sys_root, "sys", *parts)
 
-    async def _wait_for(self, what: str, probe) -> str:
+    async def _wait_for(self, what: str, probe, error: int = hr.ERROR_NOT_FOUND) -> str:
         """Poll `probe` until it returns a path; bounded by `self.wait`, logged."""
         found = probe()
         if found:
@@ -49,13 +49,31 @@ class DeviceResolver:
                 log.info("device appeared", device=what, waited_ms=round((time.monotonic() - start) * 1000))
                 return found
             if time.monotonic() - start >= self.wait:
-                raise hr.GcsError(hr.ERROR_NOT_FOUND,
-                                  f"device {what} did not appear within {self.wait:g}s")
+                raise hr.GcsError(error, f"{what} did not appear within {self.wait:g}s")
+
+    # --- filesystems ----------------------------------------------------------------------
+    async def filesystem(self, fstype: str) -> None:
+        """Wait for the kernel to know fstype: in a UVM /init loads the filesystem modules in
+        the background, after the agent has started (vsock first)."""
+        def probe() -> str | None:
+            try:
+                with open("/proc/filesystems") as f:
+                    known = {line.split()[-1] for line in f if line.strip()}
+            except OSError:
+                return fstype  # cannot tell: let the mount say
+            return fstype if fstype in known else None
+
+        await self._wait_for(f"filesystem {fstype} (a kernel module)", probe, hr.E_FAIL)
+
+    async def device_mapper(self) -> None:
+        control = "/dev/mapper/control"  # made by dm_mod's load, through devtmpfs
+        await self._wait_for(f"device {control} (the dm_mod module)", lambda: control if os.path.exists(control) else None,
+                             hr.E_FAIL)
 
     # --- vPMEM --------------------------------------------------------------------------
     async def pmem(self, number: int) -> str:
         path = self.dev(f"pmem{number}")
-        return await self._wait_for(path, lambda: path if os.path.exists(path) else None)
+        return await self._wait_for(f"device {path}", lambda: path if os.path.exists(path) else None)
 
     # --- SCSI ---------------------------------------------------------------------------
     def scsi_host(self, controller: int) -> int:
@@ -118,11 +136,11 @@ class DeviceResolver:
                 raise hr.GcsError(hr.E_FAIL, f"more than one block device under {block}: {names}")
             return names[0] if names else None
 
-        name = await self._wait_for(f"SCSI {host}:0:0:{lun} ({block})", probe_disk)
+        name = await self._wait_for(f"device SCSI {host}:0:0:{lun} ({block})", probe_disk)
         if partition:
             part = f"{name}{partition}" if not name[-1].isdigit() else f"{name}p{partition}"
             part_dir = os.path.join(block, name, part)
-            name = await self._wait_for(f"partition {part} ({part_dir})",
+            name = await self._wait_for(f"device partition {part} ({part_dir})",
                                         lambda: part if os.path.exists(part_dir) else None)
         path = self.dev(name)
 
@@ -133,7 +151,7 @@ class DeviceResolver:
             except OSError:
                 return None
 
-        return await self._wait_for(path, probe_open)
+        return await self._wait_for(f"device {path}", probe_open)
 
     def scsi_delete_path(self, controller: int, lun: int) -> str:
         return os.path.join(self.scsi_dir(self.scsi_host(controller), lun), "delete")

@@ -131,6 +131,7 @@ class Storage:
         try:
             if not has_ext4_superblock(source):
                 raise hr.GcsError(hr.E_FAIL, f"{source} (vPMEM {s.device_number}) holds no ext4 filesystem")
+            await self.devices.filesystem("ext4")
             created = mounts.make_dirs(path, 0o700)
             data = "noload,dax=always" if self.devices.supports_dax(source) else "noload"
             try:
@@ -155,6 +156,7 @@ class Storage:
         if offset % 512 or size % 512 or size == 0:
             raise hr.GcsError(hr.E_INVALIDARG, f"MappingInfo offset {offset} / size {size} not in 512-byte sectors")
         from gcs.storage import devmapper
+        await self.devices.device_mapper()
         try:
             return devmapper.create_linear(name, device, offset // 512, size // 512)
         except OSError as err:
@@ -197,6 +199,7 @@ class Storage:
         if not fstype:
             raise hr.GcsError(hr.E_FAIL, f"{device} (SCSI {s.controller}:{s.lun}) holds no ext4 filesystem "
                                          "and no Filesystem was given")
+        await self.devices.filesystem(fstype)
         created = mounts.make_dirs(path, 0o700)
         try:
             mounts.mount(device, path, fstype, _RDONLY if s.read_only else 0, "noload" if s.read_only else "")
@@ -280,6 +283,7 @@ class Storage:
                     bundle_bind = bundle
                     self.bundle_binds.add(bundle)
             created += mounts.make_dirs(root, 0o755)
+            await self.devices.filesystem("overlay")
             mount_overlay(root, layers, upper, work, "/run")
         except BaseException:
             if bundle_bind:
@@ -331,6 +335,7 @@ class Storage:
                 raise hr.GcsError(hr.E_FAIL, f"connect to the Plan 9 server on port {s.port}: "
                                              f"{err.strerror or err}") from None
             try:
+                await self.devices.filesystem("9p")
                 sock.setblocking(True)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PLAN9_BUFFER)
                 sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PLAN9_BUFFER)

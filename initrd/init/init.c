@@ -20,6 +20,7 @@
 #include <linux/random.h>
 #include <linux/vm_sockets.h>
 #include <net/if.h>
+#include <sched.h>
 #include <signal.h>
 #include <stdarg.h>
 #include <stdio.h>
@@ -177,10 +178,12 @@ static const char *platform(void) {
     return found;
 }
 
-static void load_modules(void) {
+/* Loads the modules before the `background` line (background == 0) or after it. */
+static void load_modules(int background) {
     struct timespec t0;
     clock_gettime(CLOCK_MONOTONIC, &t0);
     const char *here = platform();
+    int in_section = !background;
     FILE *list = fopen("/etc/modules.order", "re");
     if (!list)
         return;
@@ -198,6 +201,14 @@ static void load_modules(void) {
     int loaded = 0, absent = 0, other = 0;
     while (fgets(line, sizeof line, list)) {
         line[strcspn(line, "\n")] = 0;
+        if (!strcmp(line, "background")) {
+            if (!background)
+                break;
+            in_section = 1;
+            continue;
+        }
+        if (!in_section)
+            continue;
         char *where = strtok(line, " ");
         char *file = strtok(NULL, " ");
         if (!file)
@@ -234,8 +245,8 @@ static void load_modules(void) {
         close(fd);
     }
     fclose(list);
-    say("modules for %s: %d loaded, %d skipped without their hardware, %d for the other platform, %ld ms",
-        here ? here : "any platform", loaded, absent, other, ms_since(&t0));
+    say("modules for %s%s: %d loaded, %d skipped without their hardware, %d for the other platform, %ld ms",
+        here ? here : "any platform", background ? " (background)" : "", loaded, absent, other, ms_since(&t0));
 }
 
 static int write_file(const char *path, const char *text) {
@@ -408,6 +419,25 @@ struct service {
 
 static sigset_t all_signals;
 
+/* The rest of the modules, in a child at idle priority: the agent starts meanwhile and gets
+ * the CPU first; the child is reaped like any orphan. */
+static void load_background_modules(void) {
+    pid_t pid = fork();
+    if (pid != 0) {
+        if (pid < 0)
+            load_modules(1); /* cannot fork: load them here and now */
+        return;
+    }
+    struct sched_param idle = {0};
+    if (sched_setscheduler(0, SCHED_IDLE, &idle) < 0)
+        say("SCHED_IDLE: %s", strerror(errno));
+    load_modules(1);
+    int fd = open("/run/modules.loaded", O_WRONLY | O_CREAT | O_CLOEXEC, 0644);
+    if (fd >= 0)
+        close(fd);
+    _exit(0);
+}
+
 static const char *uptime(void) {
     static char text[32];
     int fd = open("/proc/uptime", O_RDONLY | O_CLOEXEC);
@@ -514,7 +544,7 @@ int main(int argc, char **argv) {
     }
     base_filesystems(writable);
     say("started; kernel up %s s", uptime());
-    load_modules();
+    load_modules(0);
     setup_cgroups();
     loopback_up();
     if (entropy_port)
@@ -533,6 +563,7 @@ int main(int argc, char **argv) {
         say("nothing to run");
     for (int i = 0; i < count; i++)
         launch(&services[i]);
+    load_background_modules();
 
     for (;;) {
         /* Sleep until a child exits or the next restart is due. */

@@ -12,7 +12,6 @@ from __future__ import annotations
 import array
 import errno
 import fcntl
-import json
 import os
 import resource
 import socket
@@ -23,6 +22,7 @@ import _prctl  # python-prctl's C layer
 
 from gcs import linux
 from gcs.containers import ocispec as oci
+from gcs.protocol import jsoncodec
 
 MNT_DETACH = 2
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430  # unlockpt / ptsname (not in Python's termios)
@@ -37,7 +37,7 @@ class ChildError(Exception):
 
 def _fail(err_w: int, message: str, code: int = 1) -> None:
     try:
-        os.write(err_w, (json.dumps({"error": message}) + "\n").encode())
+        os.write(err_w, (jsoncodec.dumps({"error": message}) + "\n").encode())
     finally:
         os._exit(code)
 

@@ -6,7 +6,6 @@ close-on-exec, so EOF without data means its exec succeeded.
 """
 from __future__ import annotations
 
-import json
 import os
 import socket
 import sys
@@ -16,7 +15,7 @@ import msgpack
 
 from gcs import aio
 from gcs.log import log
-from gcs.protocol import hresult as hr
+from gcs.protocol import hresult as hr, jsoncodec
 from gcs.runtime.reaper import Reaper, exit_code
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -52,7 +51,7 @@ async def _read_all(fd: int, stop_at: bytes | None = None) -> bytes:
 def _error_text(data: bytes) -> str:
     for line in data.splitlines():
         try:
-            return json.loads(line)["error"]
+            return jsoncodec.loads(line)["error"]
         except (ValueError, KeyError, TypeError):
             continue
     return data.decode("utf-8", "replace").strip() or "the container process exited during setup"
