@@ -33,7 +33,30 @@ def agent_env() -> dict[str, str]:
     return env
 
 
-class LocalUvm:
+class BridgeHost:
+    """What every kind of UVM host does with the agent's connections (`accept_bridge` is
+    the kind's own)."""
+
+    vsock_path: str
+    bridge: Optional[HostBridge]
+    client: Optional[ProcessClient]
+
+    def accept_bridge(self, timeout: float) -> HostBridge:
+        raise NotImplementedError
+
+    def reconnect(self, timeout: float = 10.0, negotiate: bool = True) -> HostBridge:
+        """Drop the bridge and take the agent's next connection: its redial, or a restarted
+        agent's first dial (the agent keeps every process alive across a redial)."""
+        if self.bridge is not None:
+            self.bridge.close()
+        self.bridge = self.accept_bridge(timeout)
+        self.client = ProcessClient(self.bridge, self.vsock_path)
+        if negotiate:
+            self.bridge.negotiate()
+        return self.bridge
+
+
+class LocalUvm(BridgeHost):
     """A local-mode agent plus the host end of its bridge."""
 
     def __init__(self, directory: str, loglevel: str = "debug", bridge_stdio: bool = False,
@@ -88,16 +111,6 @@ class LocalUvm:
                 if time.monotonic() > deadline:
                     raise
         return HostBridge.over_socket(conn)
-
-    def reconnect(self, timeout: float = 10.0, negotiate: bool = True) -> HostBridge:
-        """Drop the bridge and take the agent's redial (it keeps every process alive)."""
-        if self.bridge is not None:
-            self.bridge.close()
-        self.bridge = self.accept_bridge(timeout)
-        self.client = ProcessClient(self.bridge, self.vsock_path)
-        if negotiate:
-            self.bridge.negotiate()
-        return self.bridge
 
     @property
     def agent_pid(self) -> int:

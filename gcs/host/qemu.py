@@ -21,7 +21,7 @@ import time
 from typing import Optional
 
 from gcs.host.bridge_client import HostBridge
-from gcs.host.launcher import REPO_ROOT, agent_env
+from gcs.host.launcher import REPO_ROOT, BridgeHost, agent_env
 from gcs.host.processes import ProcessClient
 from gcs.protocol.ids import BRIDGE_PORT
 from vmbus.hybrid import host_listen, port_path
@@ -109,7 +109,7 @@ class _Acceptor(threading.Thread):
             conn.close()
 
 
-class QemuUvm:
+class QemuUvm(BridgeHost):
     """One UVM: QEMU, its vsock back-end, the host listeners and (optionally) the bridge."""
 
     def __init__(self, directory: str, image_dir: str = IMAGE_DIR, memory_mb: int = 512, cpus: int = 1,
@@ -271,16 +271,6 @@ class QemuUvm:
                 if time.monotonic() > deadline:
                     raise UvmError(f"the guest agent did not connect within {timeout:g} s; serial console:\n"
                                    f"{tail(self.console_log)}\nagent log:\n{tail(self.log_path, 10)}") from None
-
-    def reconnect(self, timeout: float = 60.0, negotiate: bool = True) -> HostBridge:
-        """Take the agent's next connection (after it was restarted, say)."""
-        if self.bridge is not None:
-            self.bridge.close()
-        self.bridge = self.accept_bridge(timeout)
-        self.client = ProcessClient(self.bridge, self.vsock_path)
-        if negotiate:
-            self.bridge.negotiate()
-        return self.bridge
 
     def _collect_log(self, conn: socket.socket) -> None:
         """The agent's stderr: JSON lines, appended to gcs.log (each agent start connects anew)."""
