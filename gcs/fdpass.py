@@ -1,4 +1,4 @@
-"""Receiving file descriptors over a Unix socket, close-on-exec.
+"""Passing file descriptors over a Unix socket (received close-on-exec), on `_socket`.
 
 `socket.recv_fds` ignores its flags argument (CPython 3.11), so the descriptors it returns
 are inheritable: a pty master or a pipe end would leak into every process started later.
@@ -15,6 +15,12 @@ if TYPE_CHECKING:
 
 
 _INT = struct.Struct("i")
+
+
+def send_fds(sock: socket.socket, data: bytes, fds: list[int]) -> int:
+    """socket.send_fds without the `socket` module (what the agent and the spawner share)."""
+    payload = b"".join(_INT.pack(fd) for fd in fds)
+    return sock.sendmsg([data], [(_socket.SOL_SOCKET, _socket.SCM_RIGHTS, payload)] if fds else [])
 
 
 def recv_fds(sock: socket.socket, bufsize: int, maxfds: int) -> tuple[bytes, list[int]]:

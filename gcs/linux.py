@@ -7,8 +7,9 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
-import socket
 import struct
+
+import _socket  # not `socket`: its enums cost the spawner memory
 TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never evaluated
 if TYPE_CHECKING:
     from typing import Optional
@@ -106,7 +107,10 @@ def loopback_up() -> None:
     """Bring up `lo` in the current network namespace (what runc's "loopback" network does
     for a new one)."""
     siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 1
-    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+    sock = _socket.socket(_socket.AF_INET, _socket.SOCK_DGRAM)
+    try:
         current = fcntl.ioctl(sock, siocgifflags, struct.pack("16sH22x", b"lo", 0))
         flags = struct.unpack_from("16sH", current)[1]
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
+    finally:
+        sock.close()

@@ -1,7 +1,7 @@
 """Containers and their processes as the agent tracks them."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from gcs.record import field, record
 from typing import Optional
 
 from gcs import aio
@@ -9,7 +9,7 @@ from gcs import aio
 CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
 
 
-@dataclass
+@record
 class ContainerProcess:
     pid: int
     status: aio.Future                      # raw wait status
@@ -23,7 +23,7 @@ class ContainerProcess:
         return self.status.done()
 
 
-@dataclass
+@record
 class Container:
     id: str
     activity_id: str

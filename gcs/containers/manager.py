@@ -7,7 +7,7 @@ import functools
 import os
 import shutil
 import signal
-import socket
+import _socket  # not `socket`: its enums cost memory and start-up time in a UVM
 
 from gcs import aio
 from gcs.containers import hostfiles, ocispec
@@ -28,6 +28,10 @@ ANNOTATION_TYPE = "io.kubernetes.cri.container-type"
 ANNOTATION_SANDBOX = "io.kubernetes.cri.sandbox-id"
 ANNOTATION_RLIMIT_CORE = "io.microsoft.lcow.rlimitcore"
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
+
 
 class ChildStdio:
     """Both ends of a process's stdio: the child's fds and the agent's."""
@@ -40,7 +44,7 @@ class ChildStdio:
         self.plan: dict = {}
         if terminal:
             # The pty is made inside the container (its devpts); the master comes back here.
-            self.console, child = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+            self.console, child = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
             self.child_fds.append(child.detach())
             self.plan = {"console_socket": self.child_fds[0]}
             return

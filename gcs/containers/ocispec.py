@@ -3,11 +3,16 @@ and rlimit names, and user/group resolution in the container's /etc files."""
 from __future__ import annotations
 
 import os
-import re
 
 from gcs.protocol import hresult as hr
 
-_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+_ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
+_ID_REST = _ID_FIRST | frozenset("_.-")
+
+
+def _valid_id(cid: str) -> bool:
+    """[A-Za-z0-9][A-Za-z0-9_.-]{0,127}, without `re` (the spawner imports this module)."""
+    return 0 < len(cid) <= 128 and cid[0] in _ID_FIRST and _ID_REST.issuperset(cid)
 
 NAMESPACE_FLAGS = {
     "mount": 0x00020000, "uts": 0x04000000, "ipc": 0x08000000, "network": 0x40000000,
@@ -55,7 +60,7 @@ PROPAGATION_FLAGS = {
 
 
 def check_container_id(cid: str) -> None:
-    if not _ID.match(cid or ""):
+    if not _valid_id(cid or ""):
         raise hr.GcsError(hr.E_INVALIDARG, f"invalid container id {cid[:80]!r}: use 1-128 characters of "
                                            "[A-Za-z0-9_.-], starting with a letter or digit")
 

@@ -1,11 +1,10 @@
 """Typed request shapes (sans-IO), decoded with Go's rules (fields.py).
 
-Loaded on the first request after NegotiateProtocol: importing dataclasses costs ~25 ms,
-which the agent's start-up does not pay.
+Loaded after NegotiateProtocol has been answered (the first reply does not need them).
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from gcs.record import field, record
 
 from .fields import Obj
 from .hresult import INVALID_JSON, GcsError
@@ -18,7 +17,7 @@ if TYPE_CHECKING:
 INFINITE_TIMEOUT = 0xFFFFFFFF
 
 # --- requests ------------------------------------------------------------------------------
-@dataclass
+@record
 class Request:
     """Fields every host request carries (protocol.md 1.6)."""
 
@@ -34,7 +33,7 @@ def _base(obj: Obj) -> dict[str, str]:
     return {"container_id": obj.str("ContainerId"), "activity_id": obj.str("ActivityId")}
 
 
-@dataclass
+@record
 class CreateRequest(Request):
     container_config: Optional[Obj] = None
 
@@ -43,14 +42,14 @@ class CreateRequest(Request):
         return cls(**_base(obj), container_config=obj.json_string("ContainerConfig"))
 
 
-@dataclass
+@record
 class StdioPorts:
     stdin: int = 0
     stdout: int = 0
     stderr: int = 0
 
 
-@dataclass
+@record
 class ProcessParameters:
     command_line: str = ""
     command_args: list[str] = field(default_factory=list)
@@ -79,7 +78,7 @@ class ProcessParameters:
         )
 
 
-@dataclass
+@record
 class ExecuteProcessRequest(Request):
     params: ProcessParameters = field(default_factory=ProcessParameters)
     ports: StdioPorts = field(default_factory=StdioPorts)
@@ -99,7 +98,7 @@ class ExecuteProcessRequest(Request):
         return cls(**_base(obj), params=ProcessParameters.from_obj(pp), ports=ports)
 
 
-@dataclass
+@record
 class WaitForProcessRequest(Request):
     process_id: int = 0
     timeout_ms: int = 0
@@ -109,7 +108,7 @@ class WaitForProcessRequest(Request):
         return cls(**_base(obj), process_id=obj.uint("ProcessId"), timeout_ms=obj.uint("TimeoutInMs"))
 
 
-@dataclass
+@record
 class SignalProcessRequest(Request):
     process_id: int = 0
     signal: int = 0  # 0 (or no Options at all) means SIGKILL
@@ -121,7 +120,7 @@ class SignalProcessRequest(Request):
                    signal=options.int("Signal", 64) if options is not None else 0)
 
 
-@dataclass
+@record
 class ResizeConsoleRequest(Request):
     process_id: int = 0
     height: int = 0
@@ -133,7 +132,7 @@ class ResizeConsoleRequest(Request):
                    height=obj.uint("Height", 16), width=obj.uint("Width", 16))
 
 
-@dataclass
+@record
 class GetPropertiesRequest(Request):
     property_types: list[str] = field(default_factory=list)
 
@@ -146,7 +145,7 @@ class GetPropertiesRequest(Request):
         return cls(**_base(obj), property_types=types)
 
 
-@dataclass
+@record
 class ModifySettingsRequest(Request):
     request_type: str = "Add"
     resource_type: str = ""

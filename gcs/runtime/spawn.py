@@ -6,7 +6,7 @@ posix_spawn has no portable chdir action exposed to Python 3.11).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from gcs.record import record
 
 import _signal  # not `signal`: its enums cost start-up time under TCG
 
@@ -21,7 +21,7 @@ _RESET_SIGNALS = {_signal.SIGPIPE, _signal.SIGXFSZ}
 _DEVNULL = "/dev/null"
 
 
-@dataclass
+@record
 class SpawnSpec:
     argv: list[str]
     env: dict[str, str]

@@ -8,7 +8,7 @@ the same host reports for container processes and is a valid uint32).
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field
+from gcs.record import field, record
 
 import _signal  # not `signal`: its enums cost start-up time under TCG
 
@@ -29,7 +29,7 @@ if TYPE_CHECKING:
 MAX_SIGNAL = 64
 
 
-@dataclass
+@record
 class UvmProcess:
     pid: int
     pidfd: int

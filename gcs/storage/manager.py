@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import os
 import socket
-from dataclasses import dataclass, field
+from gcs.record import field, record as record_class
 
 from gcs import aio
 from gcs.log import log
@@ -31,7 +31,7 @@ STORAGE_TYPES = {
 PLAN9_BUFFER = 65536
 
 
-@dataclass
+@record_class
 class Mount:
     kind: str          # pmem, scsi, blockdev, plan9
     path: str
@@ -42,7 +42,7 @@ class Mount:
     scsi: tuple[int, int] | None = None  # (controller, lun)
 
 
-@dataclass
+@record_class
 class Overlay:
     root: str
     layers: list[str]

@@ -2,19 +2,19 @@
 decoded with Go's rules: every field optional, zero when absent."""
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from gcs.record import field, record
 from typing import Optional
 
 from gcs.protocol.fields import Obj
 
 
-@dataclass
+@record
 class MappingInfo:
     offset: int
     size: int
 
 
-@dataclass
+@record
 class VPMemDevice:
     device_number: int = 0
     mount_path: str = ""
@@ -28,7 +28,7 @@ class VPMemDevice:
                    if info is not None else None)
 
 
-@dataclass
+@record
 class MappedVirtualDisk:
     mount_path: str = ""
     controller: int = 0
@@ -48,7 +48,7 @@ class MappedVirtualDisk:
                    o.bool("EnsureFilesystem"), o.str("Filesystem"))
 
 
-@dataclass
+@record
 class SCSIDevice:
     controller: int = 0
     lun: int = 0
@@ -58,7 +58,7 @@ class SCSIDevice:
         return cls(o.uint("Controller", 8), o.uint("Lun", 8))
 
 
-@dataclass
+@record
 class CombinedLayers:
     container_id: str = ""
     root_path: str = ""
@@ -71,7 +71,7 @@ class CombinedLayers:
                    [layer.str("Path") for layer in o.obj_list("Layers")], o.str("ScratchPath"))
 
 
-@dataclass
+@record
 class MappedDirectory:
     mount_path: str = ""
     port: int = 0

@@ -14,13 +14,13 @@ import errno
 import fcntl
 import os
 import resource
-import socket
 import stat
 import termios
 
 import _prctl  # python-prctl's C layer
+import _socket  # not `socket`: its enums cost the spawner memory
 
-from gcs import linux
+from gcs import fdpass, linux
 from gcs.containers import ocispec as oci
 from gcs.protocol import jsoncodec
 
@@ -312,8 +312,8 @@ def _open_console(sock_fd: int) -> str:
     number = array.array("I", [0])
     fcntl.ioctl(master, TIOCGPTN, number)
     slave_path = f"/dev/pts/{number[0]}"
-    sock = socket.socket(fileno=sock_fd)
-    socket.send_fds(sock, [b"pty"], [master])
+    sock = _socket.socket(fileno=sock_fd)
+    fdpass.send_fds(sock, b"pty", [master])
     sock.close()
     os.close(master)
     return slave_path
@@ -486,7 +486,7 @@ def init_main(plan: dict, fds: dict) -> None:
         if any(kind == "mount" for kind, _ in plan["namespaces"]):
             _setup_rootfs(plan)
         if plan.get("hostname") and any(k == "uts" and not p for k, p in plan["namespaces"]):
-            socket.sethostname(plan["hostname"])
+            _socket.sethostname(plan["hostname"])
         _apply_sysctl(plan.get("sysctl") or {})
         _protect_paths(plan)
         _check_program(plan["process"])  # fail at create, as runc does, not at start

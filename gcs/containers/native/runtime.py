@@ -7,18 +7,22 @@ close-on-exec, so EOF without data means its exec succeeded.
 from __future__ import annotations
 
 import os
-import socket
+import _socket  # not `socket`: its enums cost memory and start-up time in a UVM
 import sys
 import time
 
 import msgpack
 
-from gcs import aio
+from gcs import aio, fdpass
 from gcs.log import log
 from gcs.protocol import hresult as hr, jsoncodec
 from gcs.runtime.reaper import Reaper, exit_code
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 
 class InitHandle:
@@ -76,7 +80,7 @@ class Spawner:
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
 
     def start(self) -> None:
-        ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+        ours, theirs = _socket.socketpair(_socket.AF_UNIX, _socket.SOCK_STREAM)
         try:
             argv = [sys.executable, "-S", "-m", "gcs.containers.native.spawner", "3", str(os.getpid())]
             env = {"PYTHONPATH": PACKAGE_ROOT, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin"}
@@ -132,7 +136,7 @@ class Spawner:
         await self._ensure_started()
         while True:
             try:
-                return socket.send_fds(self.sock, [data], fds)
+                return fdpass.send_fds(self.sock, data, fds)
             except (BlockingIOError, InterruptedError):
                 await aio.wait_writable(self.sock.fileno())
 

@@ -18,9 +18,14 @@ The plan's "stdio" values are indices into the request's fds as well.
 from __future__ import annotations
 
 import os
-import signal
-import socket
 import sys
+
+import _signal  # not `signal`/`socket`: their enums cost memory and start-up time
+import _socket
+
+TYPE_CHECKING = False
+if TYPE_CHECKING:
+    import socket
 
 MAX_FDS = 16
 REFILL_AFTER = 0.01  # seconds without requests
@@ -149,15 +154,15 @@ def main() -> None:
     add_site_packages()
     # Dispositions the container processes inherit: defaults, nothing blocked (Python
     # ignores SIGPIPE and SIGXFSZ at start-up, and exec keeps ignored signals ignored).
-    for signum in (signal.SIGINT, signal.SIGPIPE, signal.SIGXFSZ):
-        signal.signal(signum, signal.SIG_DFL)
+    for signum in (_signal.SIGINT, _signal.SIGPIPE, _signal.SIGXFSZ):
+        _signal.signal(signum, _signal.SIG_DFL)
     os.setsid()  # no terminal's signals
-    import prctl
+    import _prctl  # python-prctl's C layer
 
-    prctl.set_pdeathsig(signal.SIGKILL)
+    _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signal.SIGKILL)
     if os.getppid() != agent:
         sys.exit(1)  # the agent died before pdeathsig was armed
-    _serve(socket.socket(fileno=fd))
+    _serve(_socket.socket(fileno=fd))
 
 
 if __name__ == "__main__":
