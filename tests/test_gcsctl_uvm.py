@@ -159,6 +159,24 @@ def test_hotadd_and_hotremove_a_scsi_disk(up, tmp_path):
     assert r.returncode != 0 and b"missing.img" in r.stderr
 
 
+def test_agent_killed_from_the_console_comes_back(up, image):
+    """kill -9 of the agent from `gcsctl console`: init starts it again, the broker takes its
+    new connection, and the next `gcsctl run` works."""
+    pid, fd = on_pty(["--uvm", up, "console"])
+    try:
+        _expect(fd, b"uvm# ", timeout=60)
+        os.write(fd, b"kill -9 $(ps -o pid,args | grep 'SE /bin/gc[s]' | awk '{print $1}')\n")
+        _read_rest(fd, timeout=20)  # the console ends with the agent that held its pty
+    except BaseException:
+        os.kill(pid, signal.SIGKILL)
+        raise
+    finish(pid, fd)
+    r = gcsctl(up, "run", image, "--", "sh", "-c", "echo back")
+    assert (r.returncode, r.stdout) == (0, b"back\n"), r.stderr
+    assert "agent reconnected" in open(os.path.join(up, "broker.log")).read()
+    assert re.search(r"killed by signal 9; restart 1 in", open(os.path.join(up, "console.log")).read())
+
+
 def test_down(up):
     r = gcsctl(up, "down")
     assert r.returncode == 0 and b"UVM down" in r.stdout, r.stderr
