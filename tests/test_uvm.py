@@ -332,6 +332,22 @@ def test_boot_with_hcsshims_lcow_command_line(image, tmp_path):
         stop_vm(u)
 
 
+def test_a_kvm_that_cannot_run_the_kernel_falls_back_to_tcg(image, tmp_path, monkeypatch):
+    """`accel=auto` tries KVM where it looks usable and keeps TCG when that boot fails. This
+    machine kind's /dev/kvm (PVM) cannot run a stock kernel, so here the fallback is real."""
+    import gcs.host.qemu as qemu
+
+    real = qemu.kvm_usable()
+    monkeypatch.setattr(qemu, "kvm_usable", lambda: True)
+    u = start_vm(tmp_path / "uvm")
+    try:
+        assert guest(u, "echo up")[0] == "up\n"
+        if not real:
+            assert u.accel_used == "tcg" and [a for a, _ in u.failed_accels] == ["kvm"], u.failed_accels
+    finally:
+        stop_vm(u)
+
+
 def test_missing_kernel_or_initrd_is_a_clear_error(tmp_path):
     from gcs.host.qemu import QemuUvm, UvmError
     empty = tmp_path / "image"

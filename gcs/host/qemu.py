@@ -41,6 +41,7 @@ KERNEL_ARGS = ("console=ttyS0 quiet panic=-1 mitigations=off swiotlb=noforce tsc
 # What hcsshim puts after `--` (protocol.md 7.2), unchanged.
 INIT_ARGS = "-e 1 /bin/vsockexec -e 109 /bin/gcs -v4 -log-format json -loglevel {loglevel}"
 PMEM_SLOTS = 8      # PCIe root ports kept free for hot-added virtio-pmem devices
+KVM_TRIAL = 30.0    # seconds a KVM boot gets to reach the agent before TCG is tried
 SCSI_CONTROLLERS = 1
 
 
@@ -138,6 +139,8 @@ class QemuUvm(BridgeHost):
         self.hotplug = None  # gcs.host.hotplug.Hotplug once QEMU runs
         self.started_at = 0.0
         self.timings: dict[str, float] = {}
+        self.failed_accels: list[tuple[str, str]] = []  # (accel, why) of boots that did not work
+        self.accel_used = ""
         self._listeners: dict[int, socket.socket] = {}
         self._acceptors: list[_Acceptor] = []
         self._log_lock = threading.Lock()
@@ -154,7 +157,6 @@ class QemuUvm(BridgeHost):
             except FileNotFoundError:
                 pass
         try:
-            self._start_backend()
             self._listen(ENTROPY_PORT, _serve_entropy, "entropy")
             self._listen(LOG_PORT, self._collect_log, "log")
             if self.want_bridge:
@@ -162,16 +164,20 @@ class QemuUvm(BridgeHost):
             accels = ["kvm", "tcg"] if self.accel == "auto" and kvm_usable() else \
                 ["tcg" if self.accel == "auto" else self.accel]
             for i, accel in enumerate(accels):
-                fallback = i + 1 < len(accels)
                 try:
+                    self._start_backend()
                     self._start_qemu(kernel, initrd, accel)
-                    if self.want_bridge:
-                        self._accept_first_bridge(30.0 if fallback else self.boot_timeout)
+                    if i + 1 < len(accels):
+                        self._wait_for_agent_log(KVM_TRIAL)  # a KVM that cannot run the kernel: try TCG
                     break
-                except UvmError:
-                    if not fallback:
+                except UvmError as err:
+                    if i + 1 == len(accels):
                         raise
+                    self.failed_accels.append((accel, str(err).splitlines()[0]))
                     self._kill_qemu()
+                    self._stop_backend()
+            if self.want_bridge:
+                self._accept_first_bridge(self.boot_timeout)
             if self.want_bridge and negotiate:
                 assert self.bridge is not None
                 self.bridge.negotiate()
@@ -183,6 +189,10 @@ class QemuUvm(BridgeHost):
 
     def _start_backend(self) -> None:
         sock = os.path.join(self.dir, "vhu.sock")
+        try:
+            os.unlink(sock)  # a previous back-end's: QEMU must find the new one listening
+        except FileNotFoundError:
+            pass
         errlog = open(os.path.join(self.dir, "backend.log"), "ab")
         self.backend = subprocess.Popen(
             [sys.executable, "-m", "vmbus.vhost_user_vsock", "--socket", sock, "--uds-path", self.vsock_path,
@@ -195,6 +205,24 @@ class QemuUvm(BridgeHost):
                 raise UvmError(f"the vhost-user-vsock back-end did not start:\n"
                                f"{tail(os.path.join(self.dir, 'backend.log'))}")
             time.sleep(0.01)
+
+    def _stop_backend(self, timeout: float = 10.0) -> None:
+        """The back-end ends with its QEMU; make sure it has."""
+        if self.backend is not None:
+            try:
+                self.backend.wait(timeout)
+            except subprocess.TimeoutExpired:
+                self.backend.kill()
+                self.backend.wait()
+
+    def _wait_for_agent_log(self, timeout: float) -> None:
+        """The guest came far enough to start /bin/vsockexec (its log connection arrived)."""
+        deadline = time.monotonic() + timeout
+        while self._acceptors[1].connections == 0:
+            self._check_alive()
+            if time.monotonic() > deadline:
+                raise UvmError(f"no agent log connection within {timeout:g} s:\n{tail(self.console_log)}")
+            time.sleep(0.05)
 
     def _listen(self, port: int, handle, name: str) -> None:
         listener = host_listen(self.vsock_path, port, backlog=8)
@@ -317,12 +345,7 @@ class QemuUvm(BridgeHost):
             except OSError:
                 pass
         self._listeners.clear()
-        if self.backend is not None:
-            try:
-                self.backend.wait(timeout)
-            except subprocess.TimeoutExpired:
-                self.backend.kill()
-                self.backend.wait()
+        self._stop_backend(timeout)
         return self.proc.returncode if self.proc is not None else None
 
     def __enter__(self) -> "QemuUvm":
