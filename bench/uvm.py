@@ -66,7 +66,7 @@ def _smaps_pss(vm, pid: int) -> tuple[float, float]:
 
 
 def bench_uvm(tmp: str, report: Report, rounds: int = 3) -> None:
-    from gcs.host.broker import DeviceService
+    from gcs.host.broker import InProcessDeviceClient
     from gcs.host.cli import ensure_image
     from gcs.host.demo import demo_image
     from gcs.host.qemu import IMAGE_DIR, INIT_ARGS, QemuUvm
@@ -135,19 +135,13 @@ def bench_uvm(tmp: str, report: Report, rounds: int = 3) -> None:
             proc.communicate()
             report(f"stdout over vsock, {block} writes ({mib} MiB)", total / elapsed / 1e6, "MB/s", "-", "-")
 
-        service = DeviceService(vm, report=lambda *_, **__: None)
-        holding = [False]
-
-        class Devices:
-            def call(self, op: str, **args: object) -> dict:
-                return service.handle({"op": op, **args}, holding)
-
+        devices = InProcessDeviceClient(vm, report=lambda *_, **__: None)
         image = demo_image(os.path.join(tmp, "demo"))
         os.environ.setdefault("GCSCTL_CACHE", os.path.join(tmp, "layers"))
         runs = []
         for i in range(4):
             t0 = time.perf_counter()
-            run = ContainerRun(vm.bridge, Devices(), vm.dir, RunOptions(image, ["/bin/true"]), report=print)
+            run = ContainerRun(vm.bridge, devices, vm.dir, RunOptions(image, ["/bin/true"]), report=print)
             try:
                 run.create(run.prepare())
                 init = vm.client.exec([], container_id=run.id, stdout=True, stderr=True, init_process=True)

@@ -140,6 +140,7 @@ class Modules:
             self.by_name[_modname(os.path.basename(path)[:-3])] = os.path.relpath(path, self.base)
         self._alias_file = cache
         self._aliases: dict[str, list[str]] | None = None
+        self._info: dict[str, dict[str, list[str]]] = {}  # module path -> its .modinfo, read once
 
     def aliases(self) -> dict[str, list[str]]:
         if self._aliases is None:
@@ -195,9 +196,14 @@ class Modules:
             out.append((platforms.pop() if len(platforms) == 1 else "all", self.by_name[name]))
         return out
 
+    def _modinfo(self, rel: str) -> dict[str, list[str]]:
+        if rel not in self._info:
+            self._info[rel] = elf.modinfo(os.path.join(self.base, rel))
+        return self._info[rel]
+
     def _deps(self, name: str) -> list[str]:
         """softdep pre: modules first, then depends=."""
-        info = elf.modinfo(os.path.join(self.base, self.by_name[name]))
+        info = self._modinfo(self.by_name[name])
         deps = []
         for soft in info.get("softdep", []):
             words = soft.split()
@@ -209,8 +215,8 @@ class Modules:
         return deps + [d for d in ",".join(info.get("depends", [])).split(",") if d]
 
     def depends(self, rel: str) -> list[str]:
-        info = elf.modinfo(os.path.join(self.base, rel))
-        return [_modname(d) for d in ",".join(info.get("depends", [])).split(",") if d]
+        """A module's hard dependencies (what /init checks before loading it)."""
+        return [_modname(d) for d in ",".join(self._modinfo(rel).get("depends", [])).split(",") if d]
 
 
 def _modname(name: str) -> str:

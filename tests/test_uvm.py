@@ -15,13 +15,14 @@ import time
 import pytest
 
 from gcs.host.bridge_client import RpcError
+from gcs.host.broker import InProcessDeviceClient
 from gcs.host.oci import ImageError, write_image
 from gcs.host.run import ContainerRun, RunOptions, wait_notification
 from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import RequestId
 from vmbus.hybrid import port_path
 
-from uvm_env import (InProcessDevices, TEST_INIT_ARGS, blank_disk, build_image, guest, layer, requires_qemu,
+from uvm_env import (TEST_INIT_ARGS, blank_disk, build_image, guest, layer, requires_qemu,
                      start_vm, stop_vm)
 
 pytestmark = requires_qemu
@@ -67,7 +68,7 @@ def oci_image(tmp_path_factory):
 
 @pytest.fixture
 def devices(vm):
-    d = InProcessDevices(vm)
+    d = InProcessDeviceClient(vm)
     yield d
     d.close()
 

@@ -7,7 +7,6 @@ import sys
 
 import pytest
 
-from gcs.host.broker import DeviceService
 from gcs.host.images import make_layer_image
 from gcs.host.launcher import REPO_ROOT
 from gcs.host.qemu import INIT_ARGS, QemuUvm
@@ -65,24 +64,6 @@ def blank_disk(path, size=256 << 20):
     with open(path, "wb") as f:
         f.truncate(size)
     return str(path)
-
-
-class InProcessDevices:
-    """The broker's device service without the broker: what gcsctl run talks to."""
-
-    def __init__(self, vm):
-        self.service = DeviceService(vm)
-        self.holding = [False]
-
-    def call(self, op, **args):
-        try:
-            return self.service.handle({"op": op, **args}, self.holding)
-        except Exception as err:  # noqa: BLE001 - DeviceClient raises RuntimeError for error replies
-            raise RuntimeError(str(err)) from None
-
-    def close(self):
-        if self.holding[0]:
-            self.service.pmem_turn.release()
 
 
 def guest(vm, script, **kw):

@@ -249,6 +249,26 @@ class DeviceService:
         raise ValueError(f"unknown op {op!r}")
 
 
+class InProcessDeviceClient:
+    """A DeviceClient without the broker, for a UVM held in this process (demo, bench,
+    tests): the same calls, the same errors."""
+
+    def __init__(self, uvm: Any, report: Any = None) -> None:
+        self.service = DeviceService(uvm, report)
+        self.holding = [False]
+
+    def call(self, op: str, **args: Any) -> dict[str, Any]:
+        try:
+            return self.service.handle({"op": op, **args}, self.holding)
+        except Exception as err:  # noqa: BLE001 - DeviceClient raises RuntimeError for error replies
+            raise RuntimeError(str(err)) from None
+
+    def close(self) -> None:
+        if self.holding[0]:
+            self.holding[0] = False
+            self.service.pmem_turn.release()
+
+
 class DeviceClient:
     """gcsctl's end of devices.sock."""
 

@@ -42,7 +42,7 @@ def demo_image(directory: str = DEMO_DIR) -> str:
 
 
 def uvm_demo(uvm_dir: str | None = None) -> int:
-    from gcs.host.broker import DeviceService
+    from gcs.host.broker import InProcessDeviceClient
     from gcs.host.qemu import IMAGE_DIR, QemuUvm, UvmError
     from gcs.host.run import ContainerRun, RunOptions, wait_notification
 
@@ -67,17 +67,11 @@ def uvm_demo(uvm_dir: str | None = None) -> int:
     try:
         print(f"== UVM booted under QEMU ({uvm.accel_used.upper()}), agent negotiated over vsock in "
               f"{time.monotonic() - t0:.1f} s")
-        service = DeviceService(uvm, report=lambda *_, **__: None)
-        holding = [False]
-
-        class Devices:
-            def call(self, op: str, **args: object) -> dict:
-                return service.handle({"op": op, **args}, holding)
-
+        devices = InProcessDeviceClient(uvm, report=lambda *_, **__: None)
         command = ["sh", "-c", 'cat /etc/motd; test -e /data/hello && gone="still there" || gone=gone; '
                                'echo "hostname $(hostname), pid $$; /data/hello (deleted by the top layer): $gone"; '
                                'echo ready; exec sleep 600']
-        run = ContainerRun(uvm.bridge, Devices(), uvm.dir, RunOptions(image, command), report=print)
+        run = ContainerRun(uvm.bridge, devices, uvm.dir, RunOptions(image, command), report=print)
         t1 = time.monotonic()
         try:
             run.create(run.prepare())

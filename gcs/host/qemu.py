@@ -142,7 +142,7 @@ class QemuUvm(BridgeHost):
         self.failed_accels: list[tuple[str, str]] = []  # (accel, why) of boots that did not work
         self.accel_used = ""
         self._listeners: dict[int, socket.socket] = {}
-        self._acceptors: list[_Acceptor] = []
+        self._acceptors: dict[int, _Acceptor] = {}
         self._log_lock = threading.Lock()
 
     # --- boot -------------------------------------------------------------------------
@@ -218,7 +218,7 @@ class QemuUvm(BridgeHost):
     def _wait_for_agent_log(self, timeout: float) -> None:
         """The guest came far enough to start /bin/vsockexec (its log connection arrived)."""
         deadline = time.monotonic() + timeout
-        while self._acceptors[1].connections == 0:
+        while self._acceptors[LOG_PORT].connections == 0:
             self._check_alive()
             if time.monotonic() > deadline:
                 raise UvmError(f"no agent log connection within {timeout:g} s:\n{tail(self.console_log)}")
@@ -229,7 +229,7 @@ class QemuUvm(BridgeHost):
         self._listeners[port] = listener
         acceptor = _Acceptor(listener, handle, name)
         acceptor.start()
-        self._acceptors.append(acceptor)
+        self._acceptors[port] = acceptor
 
     def qemu_argv(self, kernel: str, initrd: str, accel: str) -> list[str]:
         mem = f"{self.memory_mb}M"

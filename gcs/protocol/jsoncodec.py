@@ -42,7 +42,10 @@ def loads(text: str) -> Any:
         raise ValueError(f"expecting a value at character {stop.value}") from None
     except SystemError:
         # The C scanner raises json.decoder.JSONDecodeError, and finds that class only once
-        # json.decoder is imported: import it (malformed input only) and scan again.
+        # json.decoder is imported: import it (malformed input only) and scan again, once.
+        import sys
+        if "json.decoder" in sys.modules:
+            raise
         import json.decoder  # noqa: F401
         return loads(text)
     if text[end:].strip(_WHITESPACE):
