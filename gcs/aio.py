@@ -27,7 +27,7 @@ __all__ = [
     "Cancelled", "TimeoutError_", "Future", "Task", "Loop", "Event", "Queue",
     "get_loop", "spawn", "sleep", "wait_readable", "wait_writable", "wait_for",
     "sock_recv_into", "sock_recv", "sock_sendall", "sock_connect", "sock_accept",
-    "fd_read", "fd_write_all", "gather",
+    "fd_read", "fd_write_all", "gather", "run_in_thread", "wait_any",
 ]
 
 
@@ -135,12 +135,14 @@ class Task(Future):
             return False
         self._cancel_requested = True
         waiting = self._waiting_on
-        if waiting is not None:
+        if waiting is not None and not waiting.done():
             waiting.remove_done_callback(self._wakeup)
             self._waiting_on = None
             if waiting.private:
                 waiting.cancel()
             _loop.call_soon(self._step, None, Cancelled())
+        # A future that already resolved has its wakeup queued: its result is delivered first
+        # (an item a Queue handed over is never lost) and the cancel lands at the next await.
         return True
 
     def _wakeup(self, fut: Future) -> None:
@@ -148,16 +150,17 @@ class Task(Future):
         if fut.cancelled():
             self._step(None, Cancelled())
         elif fut._exc is not None:
-            self._step(None, fut._exc)
+            self._step(None, fut._exc, True)
         else:
-            self._step(fut._result, None)
+            self._step(fut._result, None, True)
 
-    def _step(self, value: Any, exc: Optional[BaseException]) -> None:
+    def _step(self, value: Any, exc: Optional[BaseException], delivered: bool = False) -> None:
         if self.done():
             return
-        if self._cancel_requested and exc is None and self._waiting_on is None:
-            exc = Cancelled()
-        self._cancel_requested = False
+        if self._cancel_requested and exc is None and not delivered:
+            exc = Cancelled()  # cancelled before it first ran, or while running
+        if exc is not None and isinstance(exc, Cancelled):
+            self._cancel_requested = False
         try:
             if exc is not None:
                 yielded = self.coro.throw(exc)
@@ -179,11 +182,16 @@ class Task(Future):
             if isinstance(err, (KeyboardInterrupt, SystemExit)):
                 raise
             return
-        if isinstance(yielded, Future):
+        if not isinstance(yielded, Future):
+            _loop.call_soon(self._step, None, RuntimeError(f"task yielded {yielded!r}"))
+        elif self._cancel_requested:
+            # Cancelled while it ran (or while a result was being delivered): cancel this await.
+            if yielded.private:
+                yielded.cancel()
+            _loop.call_soon(self._step, None, Cancelled())
+        else:
             self._waiting_on = yielded
             yielded.add_done_callback(self._wakeup)
-        else:
-            _loop.call_soon(self._step, None, RuntimeError(f"task yielded {yielded!r}"))
 
 
 class _Timer:
@@ -416,25 +424,43 @@ def wait_writable(fd: int) -> Future:
 async def wait_for(aw: Awaitable, timeout: Optional[float]) -> Any:
     """Await `aw`; raise TimeoutError_ after `timeout` seconds (None = forever).
 
-    On timeout the awaited future is left running (a shared exit future must survive a
-    waiter that gave up); tasks that belong only to this wait should be cancelled by the
-    caller.
+    A coroutine is run in a task that belongs to this wait: on timeout, or when the waiting
+    task is cancelled, that task is cancelled too. A future passed in is left running (a
+    shared exit future must survive a waiter that gave up).
     """
-    fut = aw if isinstance(aw, Future) else Task(aw)  # type: ignore[arg-type]
-    if timeout is None or fut.done():
-        return await fut
-    waiter = Future(private=True)
-    timer = _loop.call_later(timeout, waiter.set_result, False)
-    relay = lambda _f: waiter.set_result(True)  # noqa: E731
-    fut.add_done_callback(relay)
+    owned = not isinstance(aw, Future)
+    fut = Task(aw) if owned else aw  # type: ignore[arg-type]
     try:
-        finished = await waiter
+        if timeout is None or fut.done():
+            return await fut
+        waiter = Future(private=True)
+        timer = _loop.call_later(timeout, waiter.set_result, False)
+        relay = lambda _f: waiter.set_result(True)  # noqa: E731
+        fut.add_done_callback(relay)
+        try:
+            finished = await waiter
+        finally:
+            timer.cancel()
+            fut.remove_done_callback(relay)
+        if not finished:
+            raise TimeoutError_()
+        return fut.result()
     finally:
-        timer.cancel()
-        fut.remove_done_callback(relay)
-    if not finished:
-        raise TimeoutError_()
-    return fut.result()
+        if owned and not fut.done():
+            fut.cancel()
+
+
+async def wait_any(*futs: Future) -> None:
+    """Return once any of the futures is done (none of them is cancelled)."""
+    waiter = Future(private=True)
+    wake = lambda _f: waiter.set_result(None)  # noqa: E731
+    for fut in futs:
+        fut.add_done_callback(wake)
+    try:
+        await waiter
+    finally:
+        for fut in futs:
+            fut.remove_done_callback(wake)
 
 
 async def gather(*aws: Awaitable) -> list:
@@ -443,6 +469,89 @@ async def gather(*aws: Awaitable) -> list:
     for t in tasks:
         results.append(await t)
     return results
+
+
+class _Workers:
+    """Threads for the blocking calls the kernel offers no non-blocking form of (a mount that
+    waits for a 9p server, rmtree of a big scratch directory): started on demand, at most
+    MAX of them, each ending after IDLE seconds without work. Results come back to the loop
+    through an eventfd. Workers run only plain calls: nothing forks while they exist (child
+    processes are started with posix_spawn, which is safe in a threaded process)."""
+
+    MAX = 4
+    IDLE = 30.0
+
+    def __init__(self) -> None:
+        import _queue
+        import _thread
+
+        self._start_thread = _thread.start_new_thread
+        self._empty = _queue.Empty
+        self.jobs = _queue.SimpleQueue()
+        self.results: deque = deque()  # appended by workers; deque.append is atomic
+        self.efd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self.threads = 0
+        self.pending = 0
+        _loop.add_reader(self.efd, self._drain)
+
+    def submit(self, fn: Callable[..., Any], args: tuple) -> Future:
+        fut = Future()
+        self.jobs.put((fut, fn, args))
+        self.pending += 1
+        self._grow()
+        return fut
+
+    def _grow(self) -> None:
+        while self.threads < min(self.pending, self.MAX):
+            self.threads += 1
+            self._start_thread(self._work, ())
+
+    def _work(self) -> None:
+        while True:
+            try:
+                fut, fn, args = self.jobs.get(timeout=self.IDLE)
+            except self._empty:
+                self.results.append(None)  # this worker ends
+                os.eventfd_write(self.efd, 1)
+                return
+            try:
+                outcome = (fut, fn(*args), None)
+            except BaseException as err:  # noqa: BLE001 - handed to the awaiting task
+                outcome = (fut, None, err)
+            self.results.append(outcome)
+            os.eventfd_write(self.efd, 1)
+
+    def _drain(self) -> None:
+        try:
+            os.eventfd_read(self.efd)
+        except BlockingIOError:
+            return
+        while self.results:
+            outcome = self.results.popleft()
+            if outcome is None:
+                self.threads -= 1
+                continue
+            fut, value, err = outcome
+            self.pending -= 1
+            if err is not None:
+                fut.set_exception(err)
+            else:
+                fut.set_result(value)
+        self._grow()  # a worker that timed out may have left a job behind
+
+
+_workers: Optional[_Workers] = None
+
+
+def run_in_thread(fn: Callable[..., Any], *args: Any) -> Future:
+    """Run a blocking call off the event loop; await the returned future for its result.
+
+    Cancelling the awaiting task does not stop the call: it runs to its end and its result
+    is dropped, so calls given here must be safe to finish unobserved."""
+    global _workers
+    if _workers is None:
+        _workers = _Workers()
+    return _workers.submit(fn, args)
 
 
 class Event:

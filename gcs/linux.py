@@ -14,6 +14,7 @@ TYPE_CHECKING = False  # typing costs ~10 ms of start-up; annotations are never 
 if TYPE_CHECKING:
     from typing import Optional
 
+CLONE_PIDFD = 0x00001000
 CLONE_PARENT = 0x00008000
 CLONE_NEWNS = 0x00020000
 CLONE_NEWPID = 0x20000000
@@ -90,17 +91,22 @@ def ambient_caps(caps: list[int]) -> list[int]:
     return [cap for cap in caps if _libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_RAISE, cap, 0, 0) != 0]
 
 
-def clone_parent() -> int:
+def clone_parent() -> tuple[int, int]:
     """fork(), except that the child becomes a child of our parent (CLONE_PARENT): its exit
-    status goes to our parent's waitpid. Only for a single-threaded caller whose child
-    ends in exec or _exit (libc's and Python's at-fork hooks do not run)."""
+    status goes to our parent's waitpid. Returns (pid, pidfd) in the parent, (0, -1) in the
+    child; the pidfd (CLONE_PIDFD) names this very process, whatever happens to its pid.
+    Only for a single-threaded caller whose child ends in exec or _exit (libc's and
+    Python's at-fork hooks do not run)."""
     if _SYS_CLONE is None:
         raise OSError(38, f"clone: not wired for {os.uname().machine}")
-    pid = _clone(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(CLONE_PARENT | 17), None, None, None, None)  # 17: SIGCHLD
+    pidfd = ctypes.c_int(-1)
+    # The pidfd comes back through the parent_tid argument (the third on every arch).
+    pid = _clone(ctypes.c_long(_SYS_CLONE), ctypes.c_ulong(CLONE_PARENT | CLONE_PIDFD | 17),  # 17: SIGCHLD
+                 None, ctypes.byref(pidfd), None, None)
     if pid < 0:
         err = ctypes.get_errno()
         raise OSError(err, f"clone: {os.strerror(err)}")
-    return pid
+    return (pid, pidfd.value) if pid else (0, -1)
 
 
 def loopback_up() -> None:

@@ -119,3 +119,121 @@ def test_timers_do_not_spin():
     elapsed = run(main())
     assert elapsed >= 0.05
     assert time.process_time() - t_cpu < 0.04
+
+
+def test_wait_for_timeout_cancels_the_coroutine_it_wrapped():
+    state = {"finished": False, "cancelled": False}
+
+    async def slow():
+        try:
+            await aio.sleep(0.2)
+            state["finished"] = True
+        except aio.Cancelled:
+            state["cancelled"] = True
+            raise
+
+    async def main():
+        before = len(aio.get_loop().tasks)
+        with pytest.raises(aio.TimeoutError_):
+            await aio.wait_for(slow(), 0.01)
+        await aio.sleep(0.01)
+        return len(aio.get_loop().tasks) - before
+
+    assert run(main()) == 0
+    assert state == {"finished": False, "cancelled": True}
+
+
+def test_cancelling_a_waiter_of_wait_for_cancels_the_wrapped_coroutine():
+    state = {}
+
+    async def slow():
+        try:
+            await aio.sleep(5)
+        except aio.Cancelled:
+            state["inner"] = "cancelled"
+            raise
+
+    async def main():
+        outer = aio.spawn(aio.wait_for(slow(), 10))
+        await aio.sleep(0.01)
+        outer.cancel()
+        await aio.sleep(0.01)
+        return outer.cancelled()
+
+    assert run(main()) is True
+    assert state == {"inner": "cancelled"}
+
+
+def test_cancel_after_the_awaited_future_resolved_keeps_the_result():
+    # A Queue item handed to a getter whose task is then cancelled, before it ran, is not lost.
+    queue = aio.Queue()
+    got = []
+
+    async def getter():
+        got.append(await queue.get())
+        await aio.sleep(1)  # the cancel lands here
+
+    async def main():
+        task = aio.spawn(getter())
+        await aio.sleep(0.01)
+        queue.put("item")  # resolves the getter's future; its wakeup is queued
+        task.cancel()
+        await aio.sleep(0.01)
+        return task.cancelled()
+
+    assert run(main()) is True
+    assert got == ["item"]
+
+
+def test_a_task_that_cancels_itself_is_cancelled_at_its_next_await():
+    async def selfish():
+        aio.Task.cancel(me[0])
+        await aio.sleep(1)
+        return "not cancelled"
+
+    me = []
+
+    async def main():
+        me.append(aio.spawn(selfish()))
+        await aio.sleep(0.05)
+        return me[0].cancelled()
+
+    assert run(main()) is True
+
+
+def test_run_in_thread_keeps_the_loop_serving():
+    import threading
+
+    async def main():
+        ticks = []
+
+        async def ticker():
+            for _ in range(10):
+                await aio.sleep(0.01)
+                ticks.append(time.monotonic())
+
+        t = aio.spawn(ticker())
+        started = time.monotonic()
+        ident = await aio.run_in_thread(lambda: (time.sleep(0.2), threading.get_ident())[1])
+        await t
+        return started, ticks, ident
+
+    started, ticks, ident = run(main())
+    assert ident != threading.get_ident()
+    assert len(ticks) == 10 and ticks[-1] - started < 0.19  # ticked while the call blocked
+
+
+def test_run_in_thread_passes_exceptions_and_runs_calls_concurrently():
+    def boom():
+        raise PermissionError(13, "nope")
+
+    async def main():
+        with pytest.raises(PermissionError):
+            await aio.run_in_thread(boom)
+        started = time.monotonic()
+        results = await aio.gather(*[aio.run_in_thread(time.sleep, 0.1) for _ in range(4)])
+        return results, time.monotonic() - started
+
+    results, elapsed = run(main())
+    assert results == [None] * 4
+    assert elapsed < 0.35  # four workers, not one after the other

@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import time
 
+from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr
 
@@ -288,9 +289,20 @@ class Cgroups:
 
     # --- removal ------------------------------------------------------------------------
     def delete(self, rel: str, wait: float = 2.0) -> None:
+        """Remove a container's cgroups, blocking (at shutdown; else `remove`)."""
         deadline = time.monotonic() + wait
         for _, directory in self.hierarchy_dirs(rel):
             remove_tree(directory, deadline)
+        self._forget_devices(rel)
+
+    async def remove(self, rel: str, wait: float = 2.0) -> None:
+        """Remove a container's cgroups; busy ones are retried without stalling the loop."""
+        deadline = time.monotonic() + wait
+        for _, directory in self.hierarchy_dirs(rel):
+            await remove_tree_async(directory, deadline)
+        self._forget_devices(rel)
+
+    def _forget_devices(self, rel: str) -> None:
         prefix = "/" + rel.strip("/")
         for key in [k for k in self._device_progs if ("/" + k.strip("/") + "/").startswith(prefix.rstrip("/") + "/")]:
             os.close(self._device_progs.pop(key))
@@ -315,20 +327,53 @@ def hierarchy_roots() -> list[str]:
 
 def remove_tree(top: str, deadline: float, quiet: bool = False) -> None:
     """rmdir a cgroup subtree, deepest first; a cgroup whose last processes are still
-    exiting is busy for a moment, so retry that until `deadline` (time.monotonic)."""
-    for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/")):
-        while True:
-            try:
-                os.rmdir(dirpath)
-                break
-            except FileNotFoundError:
-                break
-            except OSError as err:
-                if time.monotonic() > deadline:
-                    if not quiet:
-                        log.warning("cgroup not removed", path=dirpath, error=err.strerror)
-                    break
-                time.sleep(0.01)
+    exiting is busy for a moment, so retry that until `deadline` (time.monotonic). Blocks:
+    for shutdown, when the event loop no longer runs (else `remove_tree_async`)."""
+    pending = _subtree(top)
+    while pending:
+        pending, err = _rmdirs(pending)
+        if pending and _past(deadline, pending, err, quiet):
+            return
+        if pending:
+            time.sleep(0.01)
+
+
+async def remove_tree_async(top: str, deadline: float, quiet: bool = False) -> None:
+    """remove_tree, waiting between retries on the event loop instead of sleeping."""
+    pending = _subtree(top)
+    while pending:
+        pending, err = _rmdirs(pending)
+        if pending and _past(deadline, pending, err, quiet):
+            return
+        if pending:
+            await aio.sleep(0.01)
+
+
+def _subtree(top: str) -> list[str]:
+    return [dirpath for dirpath, _, _ in sorted(os.walk(top), key=lambda w: -w[0].count("/"))]
+
+
+def _rmdirs(dirs: list[str]) -> tuple[list[str], OSError | None]:
+    """rmdir each in order; returns those still there (busy) and the last error."""
+    busy: list[str] = []
+    last: OSError | None = None
+    for directory in dirs:
+        try:
+            os.rmdir(directory)
+        except FileNotFoundError:
+            pass
+        except OSError as err:
+            busy.append(directory)
+            last = err
+    return busy, last
+
+
+def _past(deadline: float, pending: list[str], err: OSError | None, quiet: bool) -> bool:
+    if time.monotonic() <= deadline:
+        return False
+    if not quiet:
+        log.warning("cgroup not removed", path=pending[0], error=err.strerror if err else "")
+    return True
 
 
 def _prune(value):

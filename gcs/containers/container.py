@@ -2,25 +2,14 @@
 from __future__ import annotations
 
 from gcs.record import field, record
-from typing import Optional
 
-from gcs import aio
+TYPE_CHECKING = False  # typing costs start-up time under TCG; annotations are never evaluated
+if TYPE_CHECKING:
+    from typing import Optional
+
+    from gcs.runtime.process import Process
 
 CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
-
-
-@record
-class ContainerProcess:
-    pid: int
-    status: aio.Future                      # raw wait status
-    done: aio.Future = field(default_factory=aio.Future)  # exit code, once stdio drained
-    relay: Optional[object] = None          # PipeRelay or TtyRelay
-    master: int = -1                        # pty master (ResizeConsole)
-    waited: bool = False
-
-    @property
-    def exited(self) -> bool:
-        return self.status.done()
 
 
 @record
@@ -33,10 +22,11 @@ class Container:
     kind: str                                # standalone, sandbox, workload
     sandbox_id: str = ""
     state: str = CREATING
-    init: Optional[ContainerProcess] = None
+    starting: bool = False                   # its init ExecuteProcess is dialling stdio
+    init: Optional[Process] = None
     init_handle: Optional[object] = None     # runtime handle until start
     init_stdio: Optional[object] = None      # agent ends of init's pipes / pty until start
-    execs: dict[int, ContainerProcess] = field(default_factory=dict)
+    execs: dict[int, Process] = field(default_factory=dict)
     exit_kind: str = "UnexpectedExit"
     notified: bool = False
     own_pid_namespace: bool = True

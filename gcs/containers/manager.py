@@ -6,16 +6,18 @@ from __future__ import annotations
 import functools
 import os
 import shutil
-import signal
+import _signal  # not `signal`: its enums cost start-up time under TCG
 import _socket  # not `socket`: its enums cost memory and start-up time in a UVM
 
 from gcs import aio
 from gcs.containers import hostfiles, ocispec
-from gcs.containers.container import CREATED, CREATING, RUNNING, STOPPED, Container, ContainerProcess
+from gcs.containers.container import CREATED, CREATING, RUNNING, STOPPED, Container
 from gcs.log import describe_command, log
 from gcs.protocol import hresult as hr, jsoncodec
-from gcs.protocol.messages import INFINITE_TIMEOUT, ExecuteProcessRequest
+from gcs.protocol.messages import ExecuteProcessRequest
 from gcs.protocol.replies import container_notification, encode_json
+from gcs.runtime import process as processes
+from gcs.runtime.process import Process
 from gcs.runtime.reaper import exit_code
 from gcs.stdio.connect import StdioConnections, dial_stdio
 from gcs.stdio.pipes import PipeRelay
@@ -260,10 +262,10 @@ class Containers:
             handle, c.init_handle = c.init_handle, None
             if handle is not None:  # made, then its pty never came: end it
                 handle.close()
-                _kill(handle.pid, signal.SIGKILL)
-                await handle.status
+                handle.child.signal(_signal.SIGKILL)
+                await handle.child.status
             if cgroup:
-                self.cgroups.delete(cgroup)
+                await self.cgroups.remove(cgroup)
             raise
         finally:
             stdio.child_fds.clear()
@@ -301,7 +303,7 @@ class Containers:
                     "stdio": stdio.plan, "process": process, "identity": ocispec.identity(process, self.last_cap)}
             place = (lambda pid: self.cgroups.add_process(cgroup, pid)) if cgroup else None
             try:
-                pid, status = await self.runtime.exec(plan, stdio.child_fds, place)
+                child = await self.runtime.exec(plan, stdio.child_fds, place)
             finally:
                 stdio.child_fds.clear()
             await stdio.receive_master()
@@ -310,21 +312,30 @@ class Containers:
             if stdio is not None:
                 stdio.close()
             raise
-        proc = ContainerProcess(pid, status, relay=stdio.relay(conns), master=stdio.master)
+        pid = child.pid
+        proc = Process(child, program=process["args"][0], relay=stdio.relay(conns), master=stdio.master)
         c.execs[pid] = proc
-        aio.spawn(self._finish_process(proc), f"exec-exit-{pid}")
+        aio.spawn(processes.finish(proc), f"exec-exit-{pid}")
         log.info("exec in container", container=c.id, pid=pid, tty=terminal, **describe_command(process["args"]))
         return pid
 
     async def _start_init(self, c: Container, req: ExecuteProcessRequest) -> int:
-        if c.state != CREATED or c.init_handle is None:
+        if c.state != CREATED or c.init_handle is None or c.starting:
             raise hr.GcsError(hr.INVALID_STATE, f"container {c.id!r} has already been started")
-        conns = await dial_stdio(self.transport, req.params, req.ports)
+        c.starting = True  # a second init ExecuteProcess while this one dials is refused above
+        try:
+            conns = await dial_stdio(self.transport, req.params, req.ports)
+        finally:
+            c.starting = False
+        if c.init_handle is None:  # deleted or killed while the stdio was dialled
+            conns.close()
+            raise hr.GcsError(hr.INVALID_STATE, f"container {c.id!r} is no longer startable")
         stdio = c.init_stdio
         relay = stdio.relay(conns)
         handle = c.init_handle
         c.init_handle = c.init_stdio = None
-        proc = ContainerProcess(handle.pid, handle.status, relay=relay, master=stdio.master)
+        proc = Process(handle.child, program=(c.spec.get("process") or {}).get("args", [""])[0],
+                       relay=relay, master=stdio.master)
         c.init = proc
         c.state = RUNNING
         try:
@@ -340,19 +351,12 @@ class Containers:
         log.info("started container", container=c.id, pid=proc.pid)
         return proc.pid
 
-    async def _finish_process(self, proc: ContainerProcess) -> None:
-        status = await proc.status
-        if proc.relay is not None:
-            await proc.relay.finish()
-        proc.done.set_result(exit_code(status))
-
     async def _watch_init(self, c: Container) -> None:
         proc = c.init
         status = await proc.status
         if not c.own_pid_namespace:
             for p in c.execs.values():  # what `runc kill --all` does for a shared pid namespace
-                if not p.exited:
-                    _kill(p.pid, signal.SIGKILL)
+                p.child.signal(_signal.SIGKILL)
         if proc.relay is not None:
             await proc.relay.finish()
         c.state = STOPPED
@@ -371,7 +375,7 @@ class Containers:
             self.notify(container_notification(c.id, c.activity_id, c.exit_kind, c.result_info))
 
     # --- WaitForProcess / SignalProcess / ResizeConsole -----------------------------------
-    def _process(self, c: Container, pid: int) -> ContainerProcess:
+    def _process(self, c: Container, pid: int) -> Process:
         if c.init is not None and c.init.pid == pid:
             return c.init
         proc = c.execs.get(pid)
@@ -382,11 +386,7 @@ class Containers:
     async def wait(self, cid: str, pid: int, timeout_ms: int) -> int:
         c = self.lookup(cid)
         proc = self._process(c, pid)
-        timeout = None if timeout_ms == INFINITE_TIMEOUT else timeout_ms / 1000.0
-        try:
-            code = await aio.wait_for(proc.done, timeout)
-        except aio.TimeoutError_:
-            raise hr.GcsError(hr.VMCOMPUTE_TIMEOUT, f"timed out waiting for process {pid}") from None
+        code = await processes.wait(proc, timeout_ms)
         if proc is c.init:
             if not proc.waited:
                 proc.waited = True
@@ -398,15 +398,10 @@ class Containers:
     def signal(self, cid: str, pid: int, signum: int) -> None:
         c = self.lookup(cid)
         proc = self._process(c, pid)
-        signum = signum or signal.SIGKILL
-        if not 1 <= signum <= 64:
-            raise hr.GcsError(hr.E_INVALIDARG, f"invalid signal {signum}")
-        if proc.exited:
-            raise hr.not_found(f"process {pid} has already exited")
-        if not _kill(pid, signum):
-            raise hr.not_found(f"process {pid} has already exited")
-        if proc is c.init and signum in (signal.SIGTERM, signal.SIGKILL):
-            c.exit_kind = "GracefulExit" if signum == signal.SIGTERM else "ForcedExit"
+        signum = processes.checked_signal(signum)
+        processes.send_signal(proc, signum)
+        if proc is c.init and signum in (_signal.SIGTERM, _signal.SIGKILL):
+            c.exit_kind = "GracefulExit" if signum == _signal.SIGTERM else "ForcedExit"
 
     def resize(self, cid: str, pid: int, height: int, width: int) -> None:
         proc = self._process(self.lookup(cid), pid)
@@ -419,28 +414,28 @@ class Containers:
     # --- Shutdown / Delete / GetProperties ------------------------------------------------
     def shutdown(self, cid: str, forced: bool) -> None:
         c = self.lookup(cid)
-        signum = signal.SIGKILL if forced else signal.SIGTERM
+        signum = _signal.SIGKILL if forced else _signal.SIGTERM
         if c.state == CREATED and c.init_handle is not None:
-            _kill(c.init_handle.pid, signal.SIGKILL)  # never started: nothing to be graceful with
+            c.init_handle.child.signal(_signal.SIGKILL)  # never started: nothing to be graceful with
             return
         if c.state == STOPPED or c.init is None or c.init.exited:
             raise hr.GcsError(hr.SYSTEM_ALREADY_STOPPED, f"container {cid!r} is already stopped")
-        _kill(c.init.pid, signum)
+        c.init.child.signal(signum)
         c.exit_kind = "ForcedExit" if forced else "GracefulExit"
 
     async def delete(self, cid: str) -> None:
         c = self.lookup(cid, allow_creating=False)
         errors = []
         if c.init_handle is not None:  # created, never started
-            pid = c.init_handle.pid
-            c.init_handle.close()
-            _kill(pid, signal.SIGKILL)
-            await c.init_handle.status
+            handle, c.init_handle = c.init_handle, None
+            handle.close()
+            handle.child.signal(_signal.SIGKILL)
+            await handle.child.status
         if c.init_stdio is not None:
             c.init_stdio.close()
         for proc in [c.init, *c.execs.values()]:
-            if proc is not None and not proc.exited:
-                _kill(proc.pid, signal.SIGKILL)
+            if proc is not None:
+                proc.child.signal(_signal.SIGKILL)
         for proc in [c.init, *c.execs.values()]:
             if proc is not None:
                 try:
@@ -451,7 +446,7 @@ class Containers:
             await self.runtime.delete(cid)
         cgroup = self._cgroup(c)
         if cgroup:
-            self.cgroups.delete(cgroup)
+            await self.cgroups.remove(cgroup)
         try:
             storage = self.storage()
             if storage is not None:
@@ -460,7 +455,8 @@ class Containers:
             errors.append(str(err))
         for path in (c.scratch, c.bundle):
             if path and os.path.isdir(path) and not is_mountpoint(path):
-                shutil.rmtree(path, ignore_errors=True)
+                # A scratch directory can hold a whole image's worth of files.
+                await aio.run_in_thread(shutil.rmtree, path, True)
             elif path == c.bundle:
                 _remove_bundle_files(path, remove_dir=False)
         del self.containers[cid]
@@ -546,18 +542,10 @@ class Containers:
     def kill_all(self) -> None:
         for c in self.containers.values():
             for proc in [c.init, *c.execs.values()]:
-                if proc is not None and not proc.exited:
-                    _kill(proc.pid, signal.SIGKILL)
+                if proc is not None:
+                    proc.child.signal(_signal.SIGKILL)
             if c.init_handle is not None:
-                _kill(c.init_handle.pid, signal.SIGKILL)
-
-
-def _kill(pid: int, signum: int) -> bool:
-    try:
-        os.kill(pid, signum)
-        return True
-    except ProcessLookupError:
-        return False
+                c.init_handle.child.signal(_signal.SIGKILL)
 
 
 def _remove_bundle_files(bundle: str, remove_dir: bool) -> None:

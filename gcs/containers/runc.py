@@ -15,15 +15,19 @@ from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr, jsoncodec
 from gcs.runtime.command import TOOL_PATH
-from gcs.runtime.reaper import Reaper, exit_code
+from gcs.runtime.reaper import Child, Reaper, exit_code
 from gcs.runtime.spawn import SpawnSpec, spawn
 
 
+# Any one runc command; runc create waits for nothing but its own setup.
+RUNC_TIMEOUT = 60.0
+
+
 class RuncHandle:
-    def __init__(self, pid: int, cid: str, status: aio.Future) -> None:
-        self.pid = pid
+    def __init__(self, child: Child, cid: str) -> None:
+        self.child = child
+        self.pid = child.pid
         self.cid = cid
-        self.status = status
 
     def close(self) -> None:
         pass
@@ -48,8 +52,15 @@ class RuncRuntime:
         argv = ["runc", "--root", self.root]
         if log_file:
             argv += ["--log", log_file, "--log-format", "json"]
-        pid = spawn(SpawnSpec(argv=argv + args, env={"PATH": TOOL_PATH}, stdio=stdio))
-        code = exit_code(await self.reaper.watch(pid))
+        child = self.reaper.spawned(spawn(SpawnSpec(argv=argv + args, env={"PATH": TOOL_PATH}, stdio=stdio)))
+        try:
+            code = exit_code(await aio.wait_for(child.status, RUNC_TIMEOUT))
+        except aio.TimeoutError_:
+            child.signal(9)
+            raise hr.GcsError(hr.E_FAIL, f"runc {args[0]} did not finish within {RUNC_TIMEOUT:.0f}s") from None
+        finally:
+            if not child.exited:  # cancelled: runc must not go on alone
+                child.signal(9)
         if code != 0:
             detail = _last_error(log_file) if log_file else ""
             prefix = f"runc {args[0]} failed"
@@ -65,12 +76,22 @@ class RuncRuntime:
         directory = tempfile.mkdtemp(prefix="console-", dir=self.work)
         path = os.path.join(directory, "c.sock")
         listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM | socket.SOCK_NONBLOCK | socket.SOCK_CLOEXEC)
+        running = accepting = None
         try:
             listener.bind(path)
             listener.listen(1)
             running = aio.spawn(run(["--console-socket", path]), "runc")
-            conn, _ = await aio.sock_accept(listener)
-            fds = await aio.sock_recv_fds(conn)
+            accepting = aio.spawn(aio.sock_accept(listener), "runc-console")
+            await aio.wait_any(running, accepting)
+            if not accepting.done():  # runc ended (failed) before it sent a pty
+                accepting.cancel()
+                await running  # raises runc's error
+                raise hr.GcsError(hr.E_FAIL, "runc exited without sending the container's pty")
+            conn, _ = accepting.result()
+            try:
+                fds = await aio.wait_for(aio.sock_recv_fds(conn), RUNC_TIMEOUT)
+            except aio.TimeoutError_:
+                raise hr.GcsError(hr.E_FAIL, "runc sent no pty over its console socket") from None
             forward = socket.socket(fileno=os.dup(child_end))
             socket.send_fds(forward, [b"pty"], fds)
             forward.close()
@@ -78,6 +99,9 @@ class RuncRuntime:
                 os.close(fd)
             await running
         finally:
+            for task in (accepting, running):
+                if task is not None and not task.done():
+                    task.cancel()  # _runc kills a runc whose wait is cancelled
             aio.get_loop().forget_fd(listener.fileno())
             listener.close()
             if os.path.exists(path):
@@ -104,12 +128,12 @@ class RuncRuntime:
                 os.close(fd)
         with open(pid_file) as f:
             pid = int(f.read())
-        return RuncHandle(pid, cid, self.reaper.watch(pid))
+        return RuncHandle(self.reaper.claim(pid), cid)
 
     async def start(self, handle: RuncHandle) -> None:
         await self._runc(["start", handle.cid], log_file=os.path.join(self.work, f"{handle.cid}.log"))
 
-    async def exec(self, plan: dict, child_fds: list[int], place=None) -> tuple[int, aio.Future]:
+    async def exec(self, plan: dict, child_fds: list[int], place=None) -> Child:
         assert place is None
         cid = plan["id"]
         directory = tempfile.mkdtemp(prefix=f"{cid}-", dir=self.work)
@@ -131,7 +155,7 @@ class RuncRuntime:
             for name in os.listdir(directory):
                 os.unlink(os.path.join(directory, name))
             os.rmdir(directory)
-        return pid, self.reaper.watch(pid)
+        return self.reaper.claim(pid)
 
     async def delete(self, cid: str) -> None:
         try:

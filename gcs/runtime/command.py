@@ -22,7 +22,7 @@ async def run(reaper: Reaper, argv: list[str], timeout: float = 120.0) -> tuple[
         raise
     finally:
         os.close(wfd)
-    status = reaper.watch(pid)
+    child = reaper.spawned(pid)  # same callback as the spawn
     os.set_blocking(rfd, False)
     chunks: list[bytes] = []
     size = 0
@@ -40,9 +40,9 @@ async def run(reaper: Reaper, argv: list[str], timeout: float = 120.0) -> tuple[
     collector = aio.spawn(collect(), f"output-{argv[0]}")
     try:
         await aio.wait_for(collector, timeout)
-        code = exit_code(await aio.wait_for(status, timeout))
+        code = exit_code(await aio.wait_for(child.status, timeout))
     except aio.TimeoutError_:
-        os.kill(pid, 9)
+        child.signal(9)
         raise hr.GcsError(hr.E_FAIL, f"{argv[0]} did not finish within {timeout:.0f}s") from None
     finally:
         collector.cancel()

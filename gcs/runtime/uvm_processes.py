@@ -1,53 +1,32 @@
 """Processes run directly in the UVM (ExecuteProcess on the null container id).
 
-Each is tracked by its pid until its first successful WaitForProcess (protocol.md 3.5).
-Signals go through a pidfd, so a recycled pid can never be hit. Exit codes are the exit
-status or 128+signal (upstream reports -1 for a signalled UVM process; 128+signal is what
-the same host reports for container processes and is a valid uint32).
+Each is tracked until its first successful WaitForProcess (protocol.md 3.5); the record,
+waits and signals are shared with container processes (process.py).
 """
 from __future__ import annotations
 
 import os
-from gcs.record import field, record
 
 import _signal  # not `signal`: its enums cost start-up time under TCG
 
 from gcs import aio
 from gcs.log import describe_command, log
 from gcs.protocol import hresult as hr
-from gcs.protocol.messages import INFINITE_TIMEOUT, ExecuteProcessRequest
-from gcs.runtime.reaper import Reaper, exit_code
+from gcs.protocol.messages import ExecuteProcessRequest
+from gcs.runtime import process
+from gcs.runtime.process import Process
+from gcs.runtime.reaper import Reaper
 from gcs.runtime.spawn import SpawnSpec, spawn
 from gcs.stdio.connect import dial_stdio
 from gcs.stdio.pty import open_pty, set_window_size
 from gcs.stdio.relay import TtyRelay
-
-TYPE_CHECKING = False  # typing costs ~45 ms under TCG; annotations are never evaluated
-if TYPE_CHECKING:
-    from typing import Optional
-
-MAX_SIGNAL = 64
-
-
-@record
-class UvmProcess:
-    pid: int
-    pidfd: int
-    program: str
-    status: aio.Future  # raw wait status from the reaper
-    done: aio.Future = field(default_factory=aio.Future)  # exit code, once stdio has drained
-    relay: Optional[TtyRelay] = None
-
-    @property
-    def exited(self) -> bool:
-        return self.status.done()
 
 
 class UvmProcessTable:
     def __init__(self, reaper: Reaper, transport) -> None:
         self.reaper = reaper
         self.transport = transport
-        self.procs: dict[int, UvmProcess] = {}
+        self.procs: dict[int, Process] = {}
 
     def __len__(self) -> int:
         return len(self.procs)
@@ -84,14 +63,11 @@ class UvmProcessTable:
         finally:
             if slave >= 0:
                 os.close(slave)
-        status = self.reaper.watch(pid)
-        try:
-            pidfd = os.pidfd_open(pid)
-        except OSError:
-            pidfd = -1  # already reaped is impossible here; a kernel without pidfds falls back to kill()
-        proc = UvmProcess(pid=pid, pidfd=pidfd, program=argv[0], status=status)
+        child = self.reaper.spawned(pid)  # same callback as the spawn: nothing reaped it yet
+        proc = Process(child, program=argv[0])
         if params.emulate_console:
             proc.relay = TtyRelay(master, conns)
+            proc.master = master
         else:
             conns.close()  # the child holds its own copies; EOF follows its closes
         self.procs[pid] = proc
@@ -100,19 +76,12 @@ class UvmProcessTable:
                  **describe_command(argv, params.environment))
         return pid
 
-    async def _finish(self, proc: UvmProcess) -> None:
-        status = await proc.status
-        if proc.relay is not None:
-            await proc.relay.finish()
-        if proc.pidfd >= 0:
-            os.close(proc.pidfd)
-            proc.pidfd = -1
-        code = exit_code(status)
+    async def _finish(self, proc: Process) -> None:
+        code = await process.finish(proc)
         log.info("UVM process exited", pid=proc.pid, exit_code=code)
-        proc.done.set_result(code)
 
     # --- WaitForProcess -----------------------------------------------------------------
-    def _lookup(self, pid: int) -> UvmProcess:
+    def _lookup(self, pid: int) -> Process:
         proc = self.procs.get(pid)
         if proc is None:
             raise hr.not_found(f"process {pid} not found in the UVM")
@@ -120,11 +89,7 @@ class UvmProcessTable:
 
     async def wait(self, pid: int, timeout_ms: int) -> int:
         proc = self._lookup(pid)
-        timeout = None if timeout_ms == INFINITE_TIMEOUT else timeout_ms / 1000.0
-        try:
-            code = await aio.wait_for(proc.done, timeout)
-        except aio.TimeoutError_:
-            raise hr.GcsError(hr.VMCOMPUTE_TIMEOUT, f"timed out waiting for process {pid}") from None
+        code = await process.wait(proc, timeout_ms)
         # The first successful wait releases the entry (later waits: not found).
         if self.procs.get(pid) is proc:
             del self.procs[pid]
@@ -133,33 +98,18 @@ class UvmProcessTable:
     # --- SignalProcess / ResizeConsole --------------------------------------------------
     def signal(self, pid: int, signum: int) -> None:
         proc = self._lookup(pid)
-        if signum == 0:
-            signum = _signal.SIGKILL
-        if not 1 <= signum <= MAX_SIGNAL:
-            raise hr.GcsError(hr.E_INVALIDARG, f"invalid signal {signum}")
-        if proc.exited:
-            raise hr.not_found(f"process {pid} has already exited")
-        try:
-            if proc.pidfd >= 0:
-                _signal.pidfd_send_signal(proc.pidfd, signum)
-            else:
-                os.kill(pid, signum)
-        except ProcessLookupError:
-            raise hr.not_found(f"process {pid} has already exited") from None
+        signum = process.checked_signal(signum)
+        process.send_signal(proc, signum)
         log.info("signalled UVM process", pid=pid, signal=signum)
 
     def resize(self, pid: int, height: int, width: int) -> None:
         proc = self._lookup(pid)
-        if proc.relay is None:
+        if proc.relay is None or proc.master < 0:
             raise hr.GcsError(hr.E_FAIL, f"process {pid} is not a tty")
-        if proc.relay.closed:
+        if proc.relay.closed:  # type: ignore[attr-defined]
             return
-        set_window_size(proc.relay.master, height, width)
+        set_window_size(proc.master, height, width)
 
     def kill_all(self) -> None:
         for proc in list(self.procs.values()):
-            if not proc.exited:
-                try:
-                    self.signal(proc.pid, _signal.SIGKILL)
-                except hr.GcsError:
-                    pass
+            proc.child.signal(_signal.SIGKILL)

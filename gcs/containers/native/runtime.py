@@ -16,7 +16,7 @@ import msgpack
 from gcs import aio, fdpass
 from gcs.log import log
 from gcs.protocol import hresult as hr, jsoncodec
-from gcs.runtime.reaper import Reaper, exit_code
+from gcs.runtime.reaper import Child, Reaper, exit_code
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
@@ -26,9 +26,9 @@ if TYPE_CHECKING:
 
 
 class InitHandle:
-    def __init__(self, pid: int, start_w: int, err_r: int, status: aio.Future) -> None:
-        self.pid = pid
-        self.status = status  # the reaper's future for this pid: keep it, it resolves only once
+    def __init__(self, child: Child, start_w: int, err_r: int) -> None:
+        self.child = child
+        self.pid = child.pid
         self.start_w = start_w
         self.err_r = err_r
 
@@ -61,10 +61,9 @@ def _error_text(data: bytes) -> str:
     return data.decode("utf-8", "replace").strip() or "the container process exited during setup"
 
 
-async def _kill_and_reap(pid: int, status: aio.Future) -> None:
-    if not status.done():
-        os.kill(pid, 9)
-    await status
+async def _kill_and_reap(child: Child) -> None:
+    child.signal(9)
+    await child.status
 
 
 class Spawner:
@@ -76,6 +75,8 @@ class Spawner:
         self.reaper = reaper
         self.sock: socket.socket | None = None
         self.pid = 0
+        self.child: Child | None = None
+        self._fds: list[int] = []  # pidfds received with replies not yet read
         self.lock = aio.Lock()
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
 
@@ -92,7 +93,8 @@ class Spawner:
         ours.setblocking(False)
         self.sock, self.pid = ours, pid
         self.unpacker = msgpack.Unpacker(raw=False, strict_map_key=False)
-        self.reaper.watch(pid).add_done_callback(lambda f: self._exited(ours, pid, f.result()))
+        self.child = self.reaper.spawned(pid)
+        self.child.status.add_done_callback(lambda f: self._exited(ours, pid, f.result()))
 
     def _exited(self, sock: socket.socket, pid: int, status: int) -> None:
         if self.sock is sock:
@@ -106,12 +108,21 @@ class Spawner:
             aio.get_loop().forget_fd(self.sock.fileno())
             self.sock.close()
             self.sock = None
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
 
     async def _receive(self) -> dict:
         while True:
             for message in self.unpacker:
                 return message
-            data = await aio.sock_recv(self.sock, 1 << 16)
+            while True:
+                try:
+                    data, fds = fdpass.recv_fds(self.sock, 1 << 16, 1)
+                    break
+                except (BlockingIOError, InterruptedError):
+                    await aio.wait_readable(self.sock.fileno())
+            self._fds += fds
             if not data:
                 raise OSError("the container spawner closed its channel")
             self.unpacker.feed(data)
@@ -141,8 +152,8 @@ class Spawner:
                 await aio.wait_writable(self.sock.fileno())
 
     async def spawn(self, op: str, plan: dict, fds: dict[str, int], stdio: dict[str, int],
-                    pid_ns: str | None) -> int:
-        """Clone a container process running child.<op>_main; returns its pid."""
+                    pid_ns: str | None) -> Child:
+        """Clone a container process running child.<op>_main; it is tracked from here on."""
         order = list(fds.values()) + list(stdio.values())
         index = {fd: i for i, fd in enumerate(order)}
         request = {"op": op, "plan": {**plan, "stdio": {k: index[fd] for k, fd in stdio.items()}},
@@ -160,23 +171,28 @@ class Spawner:
             except OSError as err:
                 self._drop()
                 raise hr.GcsError(hr.E_FAIL, f"container spawner: {err.strerror or err}") from None
-        if "error" in reply:
-            raise hr.GcsError(hr.E_FAIL, f"container setup failed: {reply['error']}")
-        return reply["pid"]
+            except BaseException:
+                self._drop()  # cancelled mid-request: its reply would answer the next request
+                raise
+            if "error" in reply:
+                raise hr.GcsError(hr.E_FAIL, f"container setup failed: {reply['error']}")
+            pidfd = self._fds.pop(0) if self._fds else -1
+            return self.reaper.adopt(reply["pid"], pidfd)
 
     def stop(self) -> None:
         """At shutdown (the loop no longer runs): close the channel, the spawner exits."""
         pid = self.pid if self.sock is not None else 0
+        child = self.child
         self._drop()
         deadline = time.monotonic() + 2
-        while pid:
+        while pid and child is not None:
             try:
                 if os.waitpid(pid, os.WNOHANG)[0]:
                     return
             except ChildProcessError:
                 return
             if time.monotonic() > deadline:
-                os.kill(pid, 9)
+                child.signal(9)
                 deadline = float("inf")
             time.sleep(0.005)
 
@@ -188,13 +204,13 @@ class NativeRuntime:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
 
-    async def _spawn(self, op: str, plan: dict, child_fds: list[int], pid_ns: str | None) -> tuple[int, int, int]:
-        """A container process with its two pipes; returns (pid, error pipe, start pipe), our
+    async def _spawn(self, op: str, plan: dict, child_fds: list[int], pid_ns: str | None) -> tuple[Child, int, int]:
+        """A container process with its two pipes; returns (it, error pipe, start pipe), our
         ends. The child's ends and its stdio fds are closed here whatever happens."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         try:
-            pid = await self.spawner.spawn(op, plan, {"err": err_w, "start": start_r}, plan["stdio"], pid_ns)
+            child = await self.spawner.spawn(op, plan, {"err": err_w, "start": start_r}, plan["stdio"], pid_ns)
         except BaseException:
             os.close(err_r)
             os.close(start_w)
@@ -202,7 +218,7 @@ class NativeRuntime:
         finally:
             for fd in (err_w, start_r, *child_fds):
                 os.close(fd)
-        return pid, err_r, start_w
+        return child, err_r, start_w
 
     def prestart(self) -> None:
         """Start the spawner now, in the background (in a UVM, right after negotiation)."""
@@ -213,20 +229,19 @@ class NativeRuntime:
         up to the point of exec; it then waits for start(). `place(pid)` (cgroups) runs while
         the init sets up; it cannot exec before start() anyway."""
         pid_ns = [path or "" for kind, path in plan["namespaces"] if kind == "pid"]
-        pid, err_r, start_w = await self._spawn("init", plan, child_fds, pid_ns[0] if pid_ns else None)
-        status = self.reaper.watch(pid)
-        handle = InitHandle(pid, start_w, err_r, status)
+        child, err_r, start_w = await self._spawn("init", plan, child_fds, pid_ns[0] if pid_ns else None)
+        handle = InitHandle(child, start_w, err_r)
         if place is not None:
             try:
-                place(pid)
+                place(child.pid)
             except BaseException:
                 handle.close()
-                await _kill_and_reap(pid, status)
+                await _kill_and_reap(child)
                 raise
         ready = await _read_all(err_r, stop_at=b"R")
         if ready != b"R":
             handle.close()
-            await _kill_and_reap(pid, status)
+            await _kill_and_reap(child)
             raise hr.GcsError(hr.E_FAIL, f"container setup failed: {_error_text(ready)}")
         return handle
 
@@ -243,19 +258,18 @@ class NativeRuntime:
         if data:
             raise hr.GcsError(hr.E_FAIL, f"starting the container process failed: {_error_text(data)}")
 
-    async def exec(self, plan: dict, child_fds: list[int], place=None) -> tuple[int, aio.Future]:
-        """Start a process in a running container; returns its pid and exit-status future.
-        It joins the namespaces while `place(pid)` (cgroups) runs, and execs after."""
+    async def exec(self, plan: dict, child_fds: list[int], place=None) -> Child:
+        """Start a process in a running container. It joins the namespaces while
+        `place(pid)` (cgroups) runs, and execs after."""
         pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
-        pid, err_r, start_w = await self._spawn("exec", plan, child_fds, pid_ns[0] if pid_ns else None)
-        status = self.reaper.watch(pid)
+        child, err_r, start_w = await self._spawn("exec", plan, child_fds, pid_ns[0] if pid_ns else None)
         try:
             if place is not None:
-                place(pid)
+                place(child.pid)
             os.write(start_w, b"S")
         except BaseException:
             os.close(err_r)
-            await _kill_and_reap(pid, status)
+            await _kill_and_reap(child)
             raise
         finally:
             os.close(start_w)
@@ -265,9 +279,9 @@ class NativeRuntime:
             aio.get_loop().forget_fd(err_r)
             os.close(err_r)
         if data:
-            code = exit_code(await status)
+            code = exit_code(await child.status)
             raise hr.GcsError(hr.E_FAIL, f"exec in the container failed (exit {code}): {_error_text(data)}")
-        return pid, status
+        return child
 
     def teardown(self) -> None:
         self.spawner.stop()

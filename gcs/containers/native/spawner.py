@@ -12,7 +12,8 @@ reaper sees their exits directly and they outlive a crash of the spawner.
 Protocol over a Unix stream socket, msgpack objects one after the other:
   agent -> spawner  {"op": "init"|"exec", "plan": {...}, "fds": {name: index},
                      "pid_ns": None | "" (new) | path (join)}   + the fds (SCM_RIGHTS)
-  spawner -> agent  {"pid": N} or {"error": "..."}; first of all {"ready": spawner pid}
+  spawner -> agent  {"pid": N} + its pidfd (SCM_RIGHTS), or {"error": "..."};
+                    first of all {"ready": spawner pid}
 The plan's "stdio" values are indices into the request's fds as well.
 """
 from __future__ import annotations
@@ -84,15 +85,17 @@ class Server:
             fds.extend(received)
             unpacker.feed(data)
             for request in unpacker:
+                pidfd = -1
                 try:
-                    reply = {"pid": self._spawn(request, fds)}
+                    pid, pidfd = self._spawn(request, fds)
+                    reply = {"pid": pid}
                 except Exception as err:  # noqa: BLE001 - reported to the agent, the loop goes on
                     reply = {"error": f"{type(err).__name__}: {err}"}
                 finally:
                     for fd in fds:
                         os.close(fd)
                     fds = []
-                self.sock.sendall(self.msgpack.packb(reply))
+                self._reply(self.msgpack.packb(reply), pidfd)
             try:
                 # After a quiet moment only: right after a reply the new process and the agent
                 # are busy, and with few cores the refill would slow them down.
@@ -100,7 +103,17 @@ class Server:
             except OSError:
                 pass  # no spare namespaces then: each container makes its own
 
-    def _spawn(self, request: dict, fds: list[int]) -> int:
+    def _reply(self, data: bytes, pidfd: int) -> None:
+        """The reply, with the new process's pidfd alongside: the agent tracks it by that."""
+        try:
+            sent = self.fdpass.send_fds(self.sock, data, [pidfd] if pidfd >= 0 else [])
+        finally:
+            if pidfd >= 0:
+                os.close(pidfd)
+        if sent < len(data):
+            self.sock.sendall(data[sent:])
+
+    def _spawn(self, request: dict, fds: list[int]) -> tuple[int, int]:
         linux = self.linux
         main = self.mains[request["op"]]
         named = {name: fds[index] for name, index in request["fds"].items()}
@@ -123,7 +136,7 @@ class Server:
         elif pid_ns is not None:
             linux.unshare(linux.CLONE_NEWPID)
         try:
-            pid = linux.clone_parent()
+            pid, pidfd = linux.clone_parent()
             if pid == 0:  # the new process: never returns
                 try:
                     self.sock.close()
@@ -137,7 +150,7 @@ class Server:
                     linux.setns(self.own_pid_ns, linux.CLONE_NEWPID)  # only children change pid namespace
                 except OSError:
                     os._exit(70)  # later clones would land in that namespace: let the agent start another
-        return pid
+        return pid, pidfd
 
 
 def _serve(sock: socket.socket) -> None:
