@@ -27,13 +27,14 @@ class Host:
                                        "ScratchPath": f"/run/gcs/c/{cid}/scratch/{cid}"})
         return root
 
-    def create(self, cid, spec, bundle=None):
+    def create(self, cid, spec, bundle=None, timeout=30.0):
         bundle = bundle or f"/run/gcs/c/{cid}"
         config = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciBundlePath": bundle,
                   "OciSpecification": spec, "ScratchDirPath": f"{bundle}/scratch/{cid}"}
         self.bridge.known_containers.add(cid)
         try:
-            return self.bridge.call(RequestId.CREATE, container_id=cid, ContainerConfig=json.dumps(config))
+            return self.bridge.call(RequestId.CREATE, container_id=cid, timeout=timeout,
+                                    ContainerConfig=json.dumps(config))
         except Exception:
             self.bridge.known_containers.discard(cid)
             raise

@@ -365,3 +365,46 @@ def test_concurrent_creates_and_execs(host):
         host.remove(f"par{i}")
     stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
     assert "containers: 0" in stacks and "overlays: 0" in stacks
+
+
+def test_a_second_concurrent_init_is_refused(host):
+    import threading
+    root = host.layers("twice", ["/run/layers/p0"])
+    host.create("twice", default_spec(["sh", "-c", "echo once"], root))
+    host.bridge.call(RequestId.START, container_id="twice")
+    results, gate = [], threading.Barrier(2)
+
+    def start():
+        gate.wait()
+        try:
+            proc = host.uvm.client.exec([], container_id="twice", init_process=True, stdout=True, stderr=True)
+            results.append(("ok", proc.communicate()))
+        except RpcError as err:
+            results.append(("refused", err.hresult))
+
+    threads = [threading.Thread(target=start) for _ in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert sorted(kind for kind, _ in results) == ["ok", "refused"], results
+    assert dict(results)["refused"] == hr.INVALID_STATE
+    out, err, code = dict(results)["ok"]
+    assert (out, code) == (b"once\n", 0), err
+    assert host.notification()["ContainerId"] == "twice"
+    host.remove("twice")
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    assert "containers: 0" in stacks and "open_fds" in stacks
+
+
+def test_a_tty_container_whose_runtime_fails_early_gets_an_error_not_a_hang(host):
+    # runc refuses the spec before it dials --console-socket; the agent used to wait forever.
+    root = host.layers("ttyfail", ["/run/layers/p0"])
+    spec = default_spec(["true"], root, terminal=True, cwd="relative/dir")
+    with pytest.raises(RpcError) as info:
+        host.create("ttyfail", spec, timeout=20)
+    assert "cwd" in str(info.value).lower() or "absolute" in str(info.value).lower()
+    assert host.uvm.client.run(["echo", "ok"])[0] == b"ok\n"
+    stacks = host.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
+    assert "containers: 0" in stacks
+    host.modify("CombinedLayers", {"ContainerRootPath": root}, "Remove")

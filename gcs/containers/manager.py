@@ -205,6 +205,8 @@ class Containers:
         if hasattr(self.runtime, "adjust_spec"):
             self.runtime.adjust_spec(spec)
         cwd = process.get("cwd") or "/"
+        if not isinstance(cwd, str) or not cwd.startswith("/"):
+            raise hr.GcsError(hr.E_INVALIDARG, f"the process cwd {cwd!r} is not an absolute path")  # as runc says
         if cwd != "/":
             os.makedirs(os.path.join(rootfs, cwd.lstrip("/")), exist_ok=True)
         with open(os.path.join(c.bundle, "config.json"), "w") as f:
