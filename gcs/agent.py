@@ -143,7 +143,7 @@ class Agent:
                 log.error("cgroup setup failed", error=str(err))
 
     def _prestart_runtime(self) -> None:
-        if self._containers is not None and hasattr(self._containers.runtime, "prestart"):
+        if self._containers is not None:
             self._containers.runtime.prestart()  # the first Create need not wait for it
 
     async def handle(self, incoming: IncomingRequest) -> dict[str, Any]:

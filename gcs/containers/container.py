@@ -1,6 +1,9 @@
 """Containers and their processes as the agent tracks them."""
 from __future__ import annotations
 
+import enum
+
+from gcs.containers.kinds import Kind
 from gcs.record import field, record
 
 TYPE_CHECKING = False  # typing costs start-up time under TCG; annotations are never evaluated
@@ -9,7 +12,15 @@ if TYPE_CHECKING:
 
     from gcs.runtime.process import Process
 
-CREATING, CREATED, RUNNING, STOPPED = "creating", "created", "running", "stopped"
+
+class State(str, enum.Enum):
+    CREATING = "creating"  # Create in progress: only Delete of a failed Create touches it
+    CREATED = "created"    # init made, waiting for its ExecuteProcess
+    RUNNING = "running"
+    STOPPED = "stopped"    # init exited
+
+    def __str__(self) -> str:
+        return self.value
 
 
 @record
@@ -19,9 +30,9 @@ class Container:
     bundle: str
     scratch: str
     spec: dict
-    kind: str                                # standalone, sandbox, workload
+    kind: Kind
     sandbox_id: str = ""
-    state: str = CREATING
+    state: State = State.CREATING
     starting: bool = False                   # its init ExecuteProcess is dialling stdio
     init: Optional[Process] = None
     init_handle: Optional[object] = None     # runtime handle until start

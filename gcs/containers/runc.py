@@ -14,6 +14,7 @@ import tempfile
 from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr, jsoncodec
+from gcs.containers.plans import InitPlan, ProcessPlan
 from gcs.runtime.command import TOOL_PATH
 from gcs.runtime.reaper import Child, Reaper, exit_code
 from gcs.runtime.spawn import SpawnSpec, spawn
@@ -34,7 +35,11 @@ class RuncHandle:
 
 
 class RuncRuntime:
+    """runc behind the agent's runtime interface (runtime_api.Runtime)."""
+
     name = "runc"
+    validates_specs = False     # runc judges its specs itself
+    uses_agent_cgroups = False  # runc makes its own under cgroup_parent
 
     def __init__(self, reaper: Reaper, cgroup_parent: str | None = None, root: str = "/run/runc") -> None:
         self.reaper = reaper
@@ -42,6 +47,9 @@ class RuncRuntime:
         # Where container cgroups go: a dedicated subtree, removed again at shutdown.
         self.cgroup_parent = cgroup_parent if cgroup_parent is not None else f"/pygcs-{secrets.token_hex(4)}"
         self.work = "/run/gcsrunc"
+
+    def prestart(self) -> None:
+        pass  # runc starts fresh for every command
 
     def adjust_spec(self, spec: dict) -> None:
         linux = spec.setdefault("linux", {})
@@ -66,10 +74,10 @@ class RuncRuntime:
             prefix = f"runc {args[0]} failed"
             raise hr.GcsError(hr.E_FAIL, detail if detail.startswith(prefix) else f"{prefix}: {detail or f'exit code {code}'}")
 
-    async def _with_console(self, plan: dict, run) -> None:
+    async def _with_console(self, plan: ProcessPlan, run) -> None:
         """Run `run(extra_args)`; if the process has a terminal, pass the master runc sends
-        to --console-socket on to the socketpair end in plan['stdio']['console_socket']."""
-        child_end = plan["stdio"].get("console_socket")
+        to --console-socket on to the socketpair end in plan.stdio['console_socket']."""
+        child_end = plan.stdio.get("console_socket")
         if child_end is None:
             await run([])
             return
@@ -108,16 +116,16 @@ class RuncRuntime:
                 os.unlink(path)
             os.rmdir(directory)
 
-    def _stdio(self, plan: dict):
-        s = plan["stdio"]
+    def _stdio(self, plan: ProcessPlan):
+        s = plan.stdio
         if "console_socket" in s:
             return (None, None, None)
         return (s.get("stdin"), s.get("stdout"), s.get("stderr"))
 
-    async def create(self, plan: dict, child_fds: list[int], place=None) -> RuncHandle:
+    async def create(self, plan: InitPlan, child_fds: list[int], place=None) -> RuncHandle:
         assert place is None  # runc places its processes in cgroups itself
         os.makedirs(self.work, mode=0o700, exist_ok=True)
-        cid, bundle = plan["id"], plan["bundle"]
+        cid, bundle = plan.id, plan.bundle
         pid_file = os.path.join(bundle, "init.pid")
         log_file = os.path.join(bundle, "runc.log")
         try:
@@ -133,14 +141,14 @@ class RuncRuntime:
     async def start(self, handle: RuncHandle) -> None:
         await self._runc(["start", handle.cid], log_file=os.path.join(self.work, f"{handle.cid}.log"))
 
-    async def exec(self, plan: dict, child_fds: list[int], place=None) -> Child:
+    async def exec(self, plan: ProcessPlan, child_fds: list[int], place=None) -> Child:
         assert place is None
-        cid = plan["id"]
+        cid = plan.id
         directory = tempfile.mkdtemp(prefix=f"{cid}-", dir=self.work)
         try:
             process_file = os.path.join(directory, "process.json")
             with open(process_file, "w") as f:
-                f.write(jsoncodec.dumps(plan["process"]))
+                f.write(jsoncodec.dumps(plan.process))
             pid_file = os.path.join(directory, "pid")
             try:
                 await self._with_console(plan, lambda extra: self._runc(

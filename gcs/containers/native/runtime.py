@@ -16,6 +16,7 @@ import msgpack
 from gcs import aio, fdpass
 from gcs.log import log
 from gcs.protocol import hresult as hr, jsoncodec
+from gcs.containers.plans import InitPlan, ProcessPlan, pid_namespace
 from gcs.runtime.reaper import Child, Reaper, exit_code
 
 PACKAGE_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
@@ -198,19 +199,24 @@ class Spawner:
 
 
 class NativeRuntime:
+    """The agent's own runtime (runtime_api.Runtime)."""
+
     name = "native"
+    validates_specs = True
+    uses_agent_cgroups = True
 
     def __init__(self, reaper: Reaper) -> None:
         self.reaper = reaper
         self.spawner = Spawner(reaper)
 
-    async def _spawn(self, op: str, plan: dict, child_fds: list[int], pid_ns: str | None) -> tuple[Child, int, int]:
+    async def _spawn(self, op: str, plan: ProcessPlan, child_fds: list[int]) -> tuple[Child, int, int]:
         """A container process with its two pipes; returns (it, error pipe, start pipe), our
         ends. The child's ends and its stdio fds are closed here whatever happens."""
         err_r, err_w = os.pipe2(os.O_CLOEXEC)
         start_r, start_w = os.pipe2(os.O_CLOEXEC)
         try:
-            child = await self.spawner.spawn(op, plan, {"err": err_w, "start": start_r}, plan["stdio"], pid_ns)
+            child = await self.spawner.spawn(op, plan.wire(), {"err": err_w, "start": start_r}, plan.stdio,
+                                             pid_namespace(plan))
         except BaseException:
             os.close(err_r)
             os.close(start_w)
@@ -220,16 +226,18 @@ class NativeRuntime:
                 os.close(fd)
         return child, err_r, start_w
 
+    def adjust_spec(self, spec: dict) -> None:
+        pass  # the agent's spec is the plan's source; nothing else reads config.json
+
     def prestart(self) -> None:
         """Start the spawner now, in the background (in a UVM, right after negotiation)."""
         aio.spawn(self.spawner.prestart(), "spawner-start")
 
-    async def create(self, plan: dict, child_fds: list[int], place=None) -> InitHandle:
+    async def create(self, plan: InitPlan, child_fds: list[int], place=None) -> InitHandle:
         """Clone the init into its (new or joined) pid namespace and let it set everything
         up to the point of exec; it then waits for start(). `place(pid)` (cgroups) runs while
         the init sets up; it cannot exec before start() anyway."""
-        pid_ns = [path or "" for kind, path in plan["namespaces"] if kind == "pid"]
-        child, err_r, start_w = await self._spawn("init", plan, child_fds, pid_ns[0] if pid_ns else None)
+        child, err_r, start_w = await self._spawn("init", plan, child_fds)
         handle = InitHandle(child, start_w, err_r)
         if place is not None:
             try:
@@ -258,11 +266,10 @@ class NativeRuntime:
         if data:
             raise hr.GcsError(hr.E_FAIL, f"starting the container process failed: {_error_text(data)}")
 
-    async def exec(self, plan: dict, child_fds: list[int], place=None) -> Child:
+    async def exec(self, plan: ProcessPlan, child_fds: list[int], place=None) -> Child:
         """Start a process in a running container. It joins the namespaces while
         `place(pid)` (cgroups) runs, and execs after."""
-        pid_ns = [path for kind, path in plan["namespaces"] if kind == "pid"]
-        child, err_r, start_w = await self._spawn("exec", plan, child_fds, pid_ns[0] if pid_ns else None)
+        child, err_r, start_w = await self._spawn("exec", plan, child_fds)
         try:
             if place is not None:
                 place(child.pid)
@@ -282,6 +289,9 @@ class NativeRuntime:
             code = exit_code(await child.status)
             raise hr.GcsError(hr.E_FAIL, f"exec in the container failed (exit {code}): {_error_text(data)}")
         return child
+
+    async def delete(self, cid: str) -> None:
+        pass  # nothing kept per container: its processes were the agent's children
 
     def teardown(self) -> None:
         self.spawner.stop()
