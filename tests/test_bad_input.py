@@ -180,3 +180,46 @@ def test_pending_requests_fail_cleanly_when_bridge_drops(uvm, keeper):
         uvm.bridge.wait_reply(pending, 5)
     uvm.reconnect()
     still_serving(uvm, keeper)
+
+
+def _deep_requests(depth=3000):
+    """Over-deep JSON at the top level, in a field, and in every JSON-in-string field."""
+    deep = "[" * depth + "]" * depth
+    return [
+        (RequestId.WAIT_FOR_PROCESS, deep.encode()),
+        (RequestId.SIGNAL_PROCESS, ('{"ContainerId":' + '{"a":' * depth + "1" + "}" * depth + "}").encode()),
+        (RequestId.CREATE, json.dumps({"ContainerId": "c1", "ActivityId": ZERO,
+                                       "ContainerConfig": '{"SchemaVersion":' + deep + "}"}).encode()),
+        (RequestId.EXECUTE_PROCESS, json.dumps({"ContainerId": ZERO, "ActivityId": ZERO, "Settings": {
+            "ProcessParameters": '{"CommandArgs":' + deep + "}"}}).encode()),
+        (RequestId.GET_PROPERTIES, json.dumps({"ContainerId": "c1", "Query": '{"PropertyTypes":' + deep + "}"}).encode()),
+        (RequestId.MODIFY_SETTINGS, ('{"ContainerId":"%s","Request":{"ResourceType":"Network","Settings":%s}}'
+                                     % (ZERO, deep)).encode()),
+    ]
+
+
+def _send_deep_chunk(bridge):
+    """The deep requests between two good ones, all in one write: each gets its own reply."""
+    from fuzz_bridge import send_batch
+    good = (RequestId.DUMP_STACKS, json.dumps({"ContainerId": ZERO, "ActivityId": ZERO}).encode())
+    sent = send_batch(bridge, [good, *_deep_requests(), good])
+    results = []
+    for _, _, pending, _ in sent:
+        assert pending.event.wait(10) and pending.reply is not None, bridge.close_reason
+        results.append(pending.reply["Result"])
+    bad = hr.to_int32(hr.INVALID_JSON)
+    assert results == [0] + [bad] * (len(sent) - 2) + [0]
+    assert "nesting depth" in sent[1][2].reply["ErrorMessage"]
+
+
+def test_deep_nesting_is_invalid_json(uvm, keeper):
+    _send_deep_chunk(uvm.bridge)
+    assert not uvm.bridge.closed.is_set()
+    still_serving(uvm, keeper)
+
+
+def test_deep_nesting_over_stdio_keeps_the_agent(uvm_stdio):
+    _send_deep_chunk(uvm_stdio.bridge)
+    assert uvm_stdio.proc.poll() is None
+    proc = uvm_stdio.client.exec(["true"])
+    assert proc.wait() == 0

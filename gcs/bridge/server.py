@@ -10,9 +10,9 @@ from gcs import aio
 from gcs.bridge.connection import Conn
 from gcs.log import log
 from gcs.protocol.framing import FramingError
-from gcs.protocol.hresult import GcsError
+from gcs.protocol.hresult import E_FAIL, GcsError
 from gcs.protocol.ids import BRIDGE_PORT, describe
-from gcs.protocol.session import BridgeSession
+from gcs.protocol.session import BridgeSession, ProtocolViolation
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
@@ -109,11 +109,7 @@ class Bridge:
                 log.error("bridge framing error, dropping the connection", error=str(err))
                 self._flush()
                 return
-            for auto in session.auto_replies:
-                level = "info" if auto.result == 0 else "warning"
-                log.log(level, "bridge replied", seq=auto.seq, request=describe(auto.ident),
-                        result=f"0x{auto.result:08x}", detail=auto.message)
-            session.auto_replies.clear()
+            _log_auto_replies(session)
             for req in requests:
                 task = aio.spawn(self._handle(req, session), f"request-{req.seq}-{req.name}")
                 self.in_flight.add(task)
@@ -130,26 +126,36 @@ class Bridge:
     async def _handle(self, req: IncomingRequest, session: BridgeSession) -> None:
         try:
             reply = await self.handler(req)
+            error: Optional[BaseException] = None
         except GcsError as err:
-            reply = None
-            error: BaseException = err
+            reply, error = None, err
         except aio.Cancelled:
             raise
         except Exception as err:  # noqa: BLE001 - any bug becomes E_FAIL, never a dead agent
-            import traceback
-            log.error("request handler failed", request=req.name, seq=req.seq,
-                      error=repr(err), trace=traceback.format_exc(limit=8))
+            log.error("request handler failed", request=req.name, seq=req.seq, error=_repr(err), trace=_trace())
             reply, error = None, err
         if session is not self.session:
             log.info("dropping reply for a closed connection", request=req.name, seq=req.seq)
             return
-        if reply is not None:
-            session.respond(req, reply)
-        else:
-            session.respond_error(req, error)
-            log.info("request failed", request=req.name, seq=req.seq, error=str(error),
-                     **_ids(req.request))
+        self._reply(session, req, reply, error)
         self._flush()
+
+    def _reply(self, session: BridgeSession, req: IncomingRequest, reply: Optional[dict[str, Any]],
+               error: Optional[BaseException]) -> None:
+        """Exactly one reply: whatever answering raises, the request is still answered once."""
+        try:
+            if error is None:
+                session.respond(req, reply)  # type: ignore[arg-type]
+                return
+            session.respond_error(req, error)
+            log.info("request failed", request=req.name, seq=req.seq, error=_str(error), **_ids(req.request))
+        except ProtocolViolation as err:
+            log.error("second reply refused", request=req.name, seq=req.seq, error=str(err))
+        except Exception as err:  # noqa: BLE001 - an unsendable reply becomes an error reply
+            log.error("reply failed, answering with an error", request=req.name, seq=req.seq,
+                      error=_repr(err), trace=_trace())
+            if session.is_outstanding(req.seq):
+                session.respond_error(req, GcsError(E_FAIL, f"the reply could not be sent: {_repr(err)}"))
 
     def _drop(self, conn: Conn) -> None:
         conn.close()
@@ -180,6 +186,7 @@ class Bridge:
         session, conn = self.session, self.conn
         if session is None or conn is None:
             return
+        _log_auto_replies(session)
         data = session.data_to_send()
         if data:
             self._wbuf += data
@@ -209,6 +216,37 @@ class Bridge:
         self._drained.set()
         if self.stopping:
             self._stop.set()
+
+
+def _log_auto_replies(session: BridgeSession) -> None:
+    """What the session answered, changed or held back by itself."""
+    for auto in session.auto_replies:
+        level = "info" if auto.result == 0 else "warning"
+        if auto.kind == "notification":
+            log.log(level, "bridge notification changed", detail=auto.message)
+            continue
+        log.log(level, "bridge replied", seq=auto.seq, request=describe(auto.ident),
+                result=f"0x{auto.result:08x}", detail=auto.message)
+    session.auto_replies.clear()
+
+
+def _str(err: BaseException) -> str:
+    try:
+        return str(err)
+    except Exception:  # noqa: BLE001 - a broken __str__ must not cost the request its reply
+        return type(err).__name__
+
+
+def _repr(err: BaseException) -> str:
+    try:
+        return repr(err)
+    except Exception:  # noqa: BLE001
+        return type(err).__name__
+
+
+def _trace() -> str:
+    import traceback
+    return traceback.format_exc(limit=8)
 
 
 def _ids(req: Request) -> dict[str, str]:

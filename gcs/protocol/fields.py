@@ -4,7 +4,8 @@
 * a missing key or `null` leaves the zero value;
 * a value of the wrong JSON type is an error (HRESULT 0xC037010D, invalid JSON);
 * integers must be integral JSON numbers within the field's range (1.0 is not an int,
-  -1 is not a uint32), booleans must be true/false.
+  -1 is not a uint32), booleans must be true/false;
+* a document nesting deeper than `jsoncodec.MAX_DEPTH` is invalid JSON (Go: past 10000).
 """
 from __future__ import annotations
 
@@ -25,7 +26,7 @@ def decode_json(raw: bytes | str, what: str) -> Any:
         return jsoncodec.loads(text)
     except UnicodeDecodeError as err:
         raise invalid_json(f"failed to unmarshal JSON in {what}: invalid UTF-8 at byte {err.start}") from None
-    except ValueError as err:
+    except (ValueError, RecursionError) as err:  # RecursionError: only where the stack is nearly full
         raise invalid_json(f"failed to unmarshal JSON in {what}: {err}") from None
 
 
