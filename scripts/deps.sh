@@ -3,7 +3,7 @@
 set -euo pipefail
 PY="${1:-python3}"
 need_apt=()
-for cmd_pkg in "ps:procps" "mkfs.ext4:e2fsprogs" "sfdisk:fdisk" "losetup:mount" "dmsetup:dmsetup" "busybox:busybox-static" "runc:runc" "qemu-system-x86_64:qemu-system-x86" "cpio:cpio" "ldd:libc-bin" "gcc:gcc" "dpkg-deb:dpkg" "diod:diod"; do
+for cmd_pkg in "ps:procps" "mkfs.ext4:e2fsprogs" "sfdisk:fdisk" "losetup:mount" "dmsetup:dmsetup" "busybox:busybox-static" "runc:runc" "qemu-system-x86_64:qemu-system-x86" "cpio:cpio" "ldd:libc-bin" "gcc:gcc" "dpkg-deb:dpkg" "diod:diod" "mkfs.xfs:xfsprogs" "mkfs.btrfs:btrfs-progs" "mkfs.vfat:dosfstools"; do
     command -v "${cmd_pkg%%:*}" >/dev/null 2>&1 || need_apt+=("${cmd_pkg#*:}")
 done
 [ -e /usr/include/sys/capability.h ] || need_apt+=(libcap-dev)

@@ -7,7 +7,12 @@ device over a real ext4 image.
 import os
 import subprocess
 
+import pytest
+
+from gcs.host.bridge_client import RpcError
 from gcs.host.images import attach_loop, detach_loop, make_layer_image, make_scratch_image
+from gcs.host.launcher import LocalUvm
+from gcs.protocol.ids import NULL_CONTAINER_ID, ZERO_GUID, RequestId
 from gcs.storage.devices import SCSI_CONTROLLER_GUIDS
 
 
@@ -93,6 +98,69 @@ class DeviceTree:
         else:
             make_scratch_image(image, size)
         return image
+
+
+@pytest.fixture
+def env(tmp_path):
+    """A DeviceTree whose `start(wait)` starts a local-mode agent on it; every agent is
+    stopped, every loop device detached, and nothing may be left mounted outside."""
+    loops = Loops()
+    tree = DeviceTree(str(tmp_path), loops)
+    started = []
+
+    def start(wait=1.0):
+        uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args(wait)).start()
+        started.append(uvm)
+        return uvm
+
+    tree.start = start
+    try:
+        yield tree
+    finally:
+        for uvm in started:
+            violations = list(uvm.bridge.violations) if uvm.bridge else []
+            uvm.stop()
+            assert violations == []
+        loops.detach_all()
+        # Nothing the agent mounted is visible outside its namespace.
+        info = host_mountinfo()
+        assert "/run/layers" not in info and "/run/gcs" not in info and "/run/mounts" not in info
+
+
+def modify_request(resource, settings, request_type="Add"):
+    req = {"RequestType": request_type, "ResourceType": resource}
+    if settings is not None:
+        req["Settings"] = settings
+    return req
+
+
+def modify(uvm, resource, settings, request_type="Add", timeout=30.0):
+    return uvm.bridge.call(RequestId.MODIFY_SETTINGS, timeout=timeout,
+                           Request=modify_request(resource, settings, request_type))
+
+
+def start_modify(uvm, resource, settings, request_type="Add"):
+    """Send a ModifySettings without waiting; uvm.bridge.wait_reply(pending) takes its reply."""
+    payload = {"ContainerId": NULL_CONTAINER_ID, "ActivityId": ZERO_GUID,
+               "Request": modify_request(resource, settings, request_type)}
+    return uvm.bridge.start_request(RequestId.MODIFY_SETTINGS, payload)[1]
+
+
+def fails(uvm, resource, settings, request_type="Add"):
+    with pytest.raises(RpcError) as info:
+        modify(uvm, resource, settings, request_type)
+    return info.value
+
+
+def sh(uvm, script):
+    out, err, code = uvm.client.run(["sh", "-c", script])
+    return code, (out + err).decode()
+
+
+def agent_mountinfo(uvm):
+    """/proc/<agent>/mountinfo: the mounts of the local-mode agent's own namespace."""
+    with open(f"/proc/{uvm.agent_pid}/mountinfo") as f:
+        return f.read()
 
 
 def host_mountinfo():

@@ -11,6 +11,7 @@ import time
 from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr
+from gcs.storage import fsdetect, offload
 
 # hcsshim's logical SCSI controller index -> VMBus instance GUID of that controller.
 SCSI_CONTROLLER_GUIDS = (
@@ -20,7 +21,8 @@ SCSI_CONTROLLER_GUIDS = (
     "305891a9-b251-5dfe-91a2-c25d9212275b",
 )
 POLL_INTERVAL = 0.01
-EXT4_MAGIC_OFFSET = 1024 + 56
+READ_WAIT = 10.0  # at least this long for the few KiB read to identify a device's contents
+READ_RETRY = 0.5  # a just-attached SCSI disk may fail its first open (ENXIO): upstream retries once
 
 
 class DeviceResolver:
@@ -35,21 +37,46 @@ class DeviceResolver:
     def sys(self, *parts: str) -> str:
         return os.path.join(self.sys_root, "sys", *parts)
 
-    async def _wait_for(self, what: str, probe, error: int = hr.ERROR_NOT_FOUND) -> str:
-        """Poll `probe` until it returns a path; bounded by `self.wait`, logged."""
-        found = probe()
+    async def _wait_for(self, what: str, probe, error: int = hr.ERROR_NOT_FOUND, blocking: bool = False) -> str:
+        """Poll `probe` until it returns a path; bounded by `self.wait`, logged. A blocking
+        probe (one that opens the device) runs on a worker thread under the same bound."""
+        start = time.monotonic()
+        found = await self._probe(what, probe, error, blocking, start)
         if found:
             return found
         log.info("waiting for device", device=what, timeout_s=self.wait)
-        start = time.monotonic()
         while True:
             await aio.sleep(POLL_INTERVAL)
-            found = probe()
+            found = await self._probe(what, probe, error, blocking, start)
             if found:
                 log.info("device appeared", device=what, waited_ms=round((time.monotonic() - start) * 1000))
                 return found
             if time.monotonic() - start >= self.wait:
                 raise hr.GcsError(error, f"{what} did not appear within {self.wait:g}s")
+
+    async def _probe(self, what: str, probe, error: int, blocking: bool, start: float) -> str | None:
+        if not blocking:
+            return probe()
+        fut = aio.run_in_thread(probe)
+        if not await offload.settled(fut, max(self.wait - (time.monotonic() - start), POLL_INTERVAL)):
+            # the thread stays in open() until the device answers; the probe closes what it opens
+            raise hr.GcsError(error, f"{what} did not open within {self.wait:g}s")
+        return fut.result()
+
+    async def contents(self, device: str) -> fsdetect.Found | None:
+        """What device holds (fsdetect), read on a worker thread; None for a blank device."""
+        for attempt in (1, 2):
+            fut = aio.run_in_thread(fsdetect.read_head, device)
+            if not await offload.settled(fut, max(self.wait, READ_WAIT)):
+                raise hr.GcsError(hr.E_FAIL, f"reading {device} did not complete within {max(self.wait, READ_WAIT):g}s")
+            try:
+                return fsdetect.identify(fut.result())
+            except OSError as err:
+                if attempt == 2:
+                    raise hr.GcsError(hr.E_FAIL, f"read {device}: {err.strerror or err}") from None
+                log.debug("reading the device failed, retrying", device=device, error=err.strerror or str(err))
+                await aio.sleep(READ_RETRY)
+        raise AssertionError("unreachable")
 
     # --- filesystems ----------------------------------------------------------------------
     async def filesystem(self, fstype: str) -> None:
@@ -151,7 +178,7 @@ class DeviceResolver:
             except OSError:
                 return None
 
-        return await self._wait_for(f"device {path}", probe_open)
+        return await self._wait_for(f"device {path}", probe_open, blocking=True)
 
     def scsi_delete_path(self, controller: int, lun: int) -> str:
         return os.path.join(self.scsi_dir(self.scsi_host(controller), lun), "delete")
@@ -163,14 +190,3 @@ class DeviceResolver:
                 return f.read().strip() == "1"
         except OSError:
             return False
-
-
-def has_ext4_superblock(device: str, offset: int = 0) -> bool:
-    try:
-        fd = os.open(device, os.O_RDONLY | os.O_CLOEXEC)
-    except OSError as err:
-        raise hr.GcsError(hr.E_FAIL, f"open {device}: {err.strerror}") from None
-    try:
-        return os.pread(fd, 2, offset + EXT4_MAGIC_OFFSET) == b"\x53\xef"
-    finally:
-        os.close(fd)

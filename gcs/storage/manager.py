@@ -3,6 +3,8 @@
 Every mount the agent makes is recorded here, reference-counted by mount path, checked
 against the overlays that use it before it may go, and torn down at shutdown. A failed
 Add leaves nothing behind: directories it made and devices it set up are removed again.
+Calls that can block (device reads, mounts and unmounts, 9p, the SCSI unplug) run on
+worker threads (see offload), so one stuck device or host server never stalls the agent.
 """
 from __future__ import annotations
 
@@ -15,8 +17,8 @@ from gcs.log import log
 from gcs.protocol import hresult as hr
 from gcs.protocol.messages import ModifySettingsRequest
 from gcs.runtime import command
-from gcs.storage import guestpaths, mounts
-from gcs.storage.devices import DeviceResolver, has_ext4_superblock
+from gcs.storage import fsdetect, guestpaths, mounts, offload, plan9
+from gcs.storage.devices import DeviceResolver
 from gcs.storage.overlay import mount_overlay
 from gcs.storage.settings import (CombinedLayers, MappedDirectory, MappedVirtualDisk, SCSIDevice,
                                   VPMemDevice)
@@ -28,7 +30,6 @@ STORAGE_TYPES = {
     "CombinedLayers": (CombinedLayers, {"Add", "Remove"}),
     "MappedDirectory": (MappedDirectory, {"Add", "Remove"}),
 }
-PLAN9_BUFFER = 65536
 
 
 @record_class
@@ -40,6 +41,7 @@ class Mount:
     created: list[str] = field(default_factory=list)
     dm_name: str = ""  # dm-linear device for a multi-mapped pmem layer
     scsi: tuple[int, int] | None = None  # (controller, lun)
+    conn: socket.socket | None = None  # plan9: our end of the 9p connection, to hang up a stuck unmount
 
 
 @record_class
@@ -61,6 +63,7 @@ class Storage:
         self.overlays: dict[str, Overlay] = {}
         self.bundle_binds: set[str] = set()  # bundle dirs bound onto a scratch's bundle/ by CombinedLayers
         self._locks: dict[str, aio.Lock] = {}
+        self._busy: set[str] = set()  # paths a mount thread that outlived its request is still on
 
     def state(self) -> dict[str, int]:
         return {"storage_mounts": len(self.mounts), "overlays": len(self.overlays)}
@@ -83,6 +86,14 @@ class Storage:
         finally:
             if not lock.locked() and not lock._waiters:
                 self._locks.pop(key, None)
+
+    def _check(self, path: str, what: str, final_symlink: bool = False) -> str:
+        """guestpaths.check, without a stat of a mount point the agent holds: that stat asks
+        the mounted filesystem (a 9p server that may never answer, on the loop thread), and
+        a mount point cannot be swapped for a symlink while it is mounted."""
+        norm = os.path.normpath(path) if path else path
+        held = norm in self.mounts or norm in self.overlays
+        return guestpaths.check(path, what, final_symlink=final_symlink or held)
 
     def _user_of(self, path: str) -> str | None:
         """The overlay root that uses path (as a layer or as its scratch), if any."""
@@ -120,7 +131,7 @@ class Storage:
 
     # --- VPMemDevice --------------------------------------------------------------------
     async def _add_vpmemdevice(self, s: VPMemDevice) -> None:
-        path = guestpaths.check(s.mount_path, "VPMemDevice MountPath")
+        path = self._check(s.mount_path, "VPMemDevice MountPath")
         device = await self.devices.pmem(s.device_number)
         if self._existing(path, _pmem_source(device, s)):
             return
@@ -129,16 +140,14 @@ class Storage:
             dm_name = f"dm-linear-pmem{s.device_number}-{s.mapping.offset}-{s.mapping.size}"
             source = await self._dm_linear(dm_name, device, s.mapping.offset, s.mapping.size)
         try:
-            if not has_ext4_superblock(source):
-                raise hr.GcsError(hr.E_FAIL, f"{source} (vPMEM {s.device_number}) holds no ext4 filesystem")
+            found = await self.devices.contents(source)
+            if found is None or found.fstype != "ext4":
+                raise hr.GcsError(hr.E_FAIL, f"{source} (vPMEM {s.device_number}) holds no ext4 filesystem "
+                                             f"({found.name if found else 'the device is blank'})")
             await self.devices.filesystem("ext4")
             created = mounts.make_dirs(path, 0o700)
             data = "noload,dax=always" if self.devices.supports_dax(source) else "noload"
-            try:
-                mounts.mount(source, path, "ext4", _RDONLY, data)
-            except BaseException:
-                mounts.remove_dirs(created)
-                raise
+            await self._mount_disk(source, path, "ext4", _RDONLY, data, [], created)
         except BaseException:
             if dm_name:
                 await self._dm_remove(dm_name)
@@ -147,7 +156,7 @@ class Storage:
         log.info("mounted vPMEM layer", device=device, path=path, dax="dax" in data)
 
     async def _remove_vpmemdevice(self, s: VPMemDevice) -> None:
-        path = guestpaths.check(s.mount_path, "VPMemDevice MountPath")
+        path = self._check(s.mount_path, "VPMemDevice MountPath")
         record = self._release(path, "VPMemDevice")
         if record is not None:
             await self._unmount(record)
@@ -174,7 +183,7 @@ class Storage:
         device = await self.devices.scsi_device(s.controller, s.lun, s.partition)
         if not s.mount_path:
             return  # attach only
-        path = guestpaths.check(s.mount_path, "MappedVirtualDisk MountPath", final_symlink=s.block_dev)
+        path = self._check(s.mount_path, "MappedVirtualDisk MountPath", final_symlink=s.block_dev)
         if self._existing(path, device):
             return
         if s.encrypted:
@@ -188,32 +197,55 @@ class Storage:
                 raise hr.GcsError(hr.E_FAIL, f"symlink {path} -> {device}: {err.strerror}") from None
             self.mounts[path] = Mount("blockdev", path, device, created=created, scsi=(s.controller, s.lun))
             return
-        fstype = "ext4" if has_ext4_superblock(device) else ""
-        wanted = s.filesystem or "ext4"
-        if s.ensure_filesystem and fstype != wanted:
-            if s.read_only:
-                raise hr.GcsError(hr.E_INVALIDARG, f"{device}: cannot format a disk mounted read-only")
-            await self._format(device, wanted)
-            fstype = wanted
-        fstype = s.filesystem or fstype
-        if not fstype:
-            raise hr.GcsError(hr.E_FAIL, f"{device} (SCSI {s.controller}:{s.lun}) holds no ext4 filesystem "
-                                         "and no Filesystem was given")
+        fstype = await self._scsi_filesystem(device, s)
         await self.devices.filesystem(fstype)
         created = mounts.make_dirs(path, 0o700)
-        try:
-            mounts.mount(device, path, fstype, _RDONLY if s.read_only else 0, "noload" if s.read_only else "")
-            for option in s.options:
-                flag = mounts.PROPAGATION.get(option)
-                if flag is not None:
-                    mounts.mount("", path, None, flag)
-        except BaseException:
-            if mounts.is_mountpoint(path):
-                mounts.unmount(path)
-            mounts.remove_dirs(created)
-            raise
+        await self._mount_disk(device, path, fstype, _RDONLY if s.read_only else 0, "noload" if s.read_only else "",
+                               s.options, created)
         self.mounts[path] = Mount("scsi", path, device, created=created, scsi=(s.controller, s.lun))
         log.info("mounted SCSI disk", device=device, path=path, read_only=s.read_only, fstype=fstype)
+
+    async def _scsi_filesystem(self, device: str, s: MappedVirtualDisk) -> str:
+        """The type to mount the disk as; with EnsureFilesystem a blank disk is formatted first.
+        A disk that holds anything else than the requested filesystem is never formatted."""
+        found = await self.devices.contents(device)
+        what = f"{device} (SCSI {s.controller}:{s.lun})"
+        if s.ensure_filesystem:
+            wanted = s.filesystem or "ext4"
+            if found is None:
+                if s.read_only:
+                    raise hr.GcsError(hr.E_INVALIDARG, f"{device}: cannot format a disk mounted read-only")
+                await self._format(device, wanted)
+                return wanted
+            if not fsdetect.compatible(found, wanted):
+                raise hr.GcsError(hr.INVALID_STATE, f"{what} already holds {found.name}, not the requested {wanted}: "
+                                                    "refusing to format it (EnsureFilesystem formats blank disks only)")
+            return wanted
+        if found is not None and found.known and s.filesystem and not fsdetect.compatible(found, s.filesystem):
+            raise hr.GcsError(hr.INVALID_STATE, f"{what} holds {found.name}, not the requested {s.filesystem}")
+        if s.filesystem:
+            return s.filesystem  # a blank disk or unknown contents: the mount says what is wrong
+        if found is None:
+            raise hr.GcsError(hr.E_FAIL, f"{what} holds no filesystem (the disk is blank) and no Filesystem was given")
+        if not found.fstype:
+            raise hr.GcsError(hr.E_FAIL, f"{what} holds {found.name}, not a filesystem that can be mounted, "
+                                         "and no Filesystem was given")
+        return found.fstype
+
+    async def _mount_disk(self, device: str, path: str, fstype: str, flags: int, data: str,
+                          options: list[str], created: list[str]) -> None:
+        """Mount a block device on a worker thread (it reads the device); on failure the
+        directories made for it go again. A mount that ends after its request was abandoned
+        (the agent shutting down) is undone."""
+        async def undo(_: object) -> None:
+            await offload.call(mounts.unmount, path)
+            mounts.remove_dirs(created)
+
+        try:
+            await offload.call(mounts.mount_disk, device, path, fstype, flags, data, options, undo=undo)
+        except BaseException:
+            mounts.remove_dirs(created)
+            raise
 
     async def _format(self, device: str, fstype: str) -> None:
         if fstype == "ext4":
@@ -228,7 +260,7 @@ class Storage:
     async def _remove_mappedvirtualdisk(self, s: MappedVirtualDisk) -> None:
         if not s.mount_path:
             return
-        path = guestpaths.check(s.mount_path, "MappedVirtualDisk MountPath", final_symlink=s.block_dev)
+        path = self._check(s.mount_path, "MappedVirtualDisk MountPath", final_symlink=s.block_dev)
         record = self._release(path, "MappedVirtualDisk")
         if record is not None:
             await self._unmount(record)
@@ -239,8 +271,8 @@ class Storage:
                 raise hr.GcsError(hr.INVALID_STATE, f"SCSI {s.controller}:{s.lun} is still mounted at {record.path}")
         delete = self.devices.scsi_delete_path(s.controller, s.lun)
         try:
-            with open(delete, "w") as f:
-                f.write("1\n")
+            # the write returns once the kernel has removed the disk (it flushes its cache)
+            await offload.call(_write_file, delete, "1\n")
         except FileNotFoundError:
             return  # already gone
         except OSError as err:
@@ -249,11 +281,11 @@ class Storage:
 
     # --- CombinedLayers -----------------------------------------------------------------
     async def _add_combinedlayers(self, s: CombinedLayers) -> None:
-        root = guestpaths.check(s.root_path, "CombinedLayers ContainerRootPath")
+        root = self._check(s.root_path, "CombinedLayers ContainerRootPath")
         if not s.layers:
             raise hr.GcsError(hr.E_INVALIDARG, "CombinedLayers: no layers")
-        layers = [guestpaths.check(p, f"CombinedLayers Layers[{i}]") for i, p in enumerate(s.layers)]
-        scratch = guestpaths.check(s.scratch_path, "CombinedLayers ScratchPath") if s.scratch_path else ""
+        layers = [self._check(p, f"CombinedLayers Layers[{i}]") for i, p in enumerate(s.layers)]
+        scratch = self._check(s.scratch_path, "CombinedLayers ScratchPath") if s.scratch_path else ""
         existing = self.overlays.get(root)
         if existing is not None:
             if existing.layers != layers or existing.scratch != scratch:
@@ -295,21 +327,32 @@ class Storage:
         log.info("mounted overlay rootfs", path=root, layers=len(layers), writable=bool(scratch))
 
     async def _remove_combinedlayers(self, s: CombinedLayers) -> None:
-        root = guestpaths.check(s.root_path, "CombinedLayers ContainerRootPath")
+        root = self._check(s.root_path, "CombinedLayers ContainerRootPath")
         overlay = self.overlays.get(root)
         if overlay is None:
             log.info("remove of an overlay that is not mounted", path=root)
             return
-        overlay.refs -= 1
-        if overlay.refs > 0:
+        if overlay.refs > 1:
+            overlay.refs -= 1
             return
-        mounts.unmount(root)
+        await offload.call(mounts.unmount, root)  # syncs the scratch's dirty data: off the loop
         del self.overlays[root]
         try:
             os.rmdir(root)
         except OSError:
             pass
-        log.info("unmounted overlay rootfs", path=root)
+        if overlay.bundle_bind:
+            await self._unbind_bundle(overlay.bundle_bind)
+        log.info("unmounted overlay rootfs", path=root, bundle_bind=overlay.bundle_bind)
+
+    async def _unbind_bundle(self, bundle: str) -> None:
+        """Undo the bundle bind an overlay's Add made (it holds the scratch disk busy). The
+        directory stays: the bundle's files are DeleteContainerState's to remove."""
+        if bundle not in self.bundle_binds:
+            return
+        if mounts.is_mountpoint(bundle):
+            await offload.call(mounts.unmount, bundle)
+        self.bundle_binds.discard(bundle)
 
     def release_bundle(self, root: str) -> None:
         """DeleteContainerState's part: drop the bundle bind made for an overlay at root. (In
@@ -321,41 +364,52 @@ class Storage:
 
     # --- MappedDirectory (Plan 9) -------------------------------------------------------
     async def _add_mappeddirectory(self, s: MappedDirectory) -> None:
-        path = guestpaths.check(s.mount_path, "MappedDirectory MountPath")
+        path = self._check(s.mount_path, "MappedDirectory MountPath")
         source = f"9p:{s.port}:{s.share_name}"
         if self._existing(path, source):
             return
+        if path in self._busy:
+            raise hr.GcsError(hr.INVALID_STATE, f"{path}: the mount of an earlier request that failed "
+                                                "is still in progress; retry later")
         if not 0 < s.port <= 0xFFFFFFFF:
             raise hr.GcsError(hr.E_INVALIDARG, f"MappedDirectory: invalid port {s.port}")
         created = mounts.make_dirs(path, 0o700)
         try:
-            try:
-                sock = await self.transport.dial(s.port)
-            except OSError as err:
-                raise hr.GcsError(hr.E_FAIL, f"connect to the Plan 9 server on port {s.port}: "
-                                             f"{err.strerror or err}") from None
-            try:
-                await self.devices.filesystem("9p")
-                sock.setblocking(True)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, PLAN9_BUFFER)
-                sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, PLAN9_BUFFER)
-                fd = sock.fileno()
-                data = f"trans=fd,rfdno={fd},wfdno={fd},msize={PLAN9_BUFFER}"
-                if s.read_only:
-                    data += ",noload"
-                if s.share_name:
-                    data += f",aname={s.share_name}"
-                mounts.mount(path, path, "9p", _RDONLY if s.read_only else 0, data)
-            finally:
-                sock.close()  # the kernel holds its own reference to the connection
+            sock = await self._dial_plan9(s.port)
+            await self._mount_plan9(path, sock, s, created)
         except BaseException:
             mounts.remove_dirs(created)
             raise
-        self.mounts[path] = Mount("plan9", path, source, created=created)
+        self.mounts[path] = Mount("plan9", path, source, created=created, conn=sock)
         log.info("mounted Plan 9 share", path=path, share=s.share_name, read_only=s.read_only)
 
+    async def _dial_plan9(self, port: int) -> socket.socket:
+        try:
+            sock = await self.transport.dial(port)
+        except OSError as err:
+            raise hr.GcsError(hr.E_FAIL, f"connect to the Plan 9 server on port {port}: "
+                                         f"{err.strerror or err}") from None
+        try:
+            sock.setblocking(True)  # the kernel's 9p client reads and writes it
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, plan9.BUFFER)
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, plan9.BUFFER)
+        except BaseException:
+            sock.close()
+            raise
+        return sock
+
+    async def _mount_plan9(self, path: str, sock: socket.socket, s: MappedDirectory, created: list[str]) -> None:
+        """Mount over sock, bounded by the device wait; on failure sock is (or will be) closed."""
+        try:
+            await self.devices.filesystem("9p")
+        except BaseException:
+            sock.close()
+            raise
+        data = plan9.mount_data(sock.fileno(), s.read_only, s.share_name)
+        await plan9.mount(path, sock, _RDONLY if s.read_only else 0, data, self.devices.wait, created, self._busy)
+
     async def _remove_mappeddirectory(self, s: MappedDirectory) -> None:
-        path = guestpaths.check(s.mount_path, "MappedDirectory MountPath")
+        path = self._check(s.mount_path, "MappedDirectory MountPath")
         record = self._release(path, "MappedDirectory")
         if record is not None:
             await self._unmount(record)
@@ -369,15 +423,23 @@ class Storage:
                 pass
         else:
             try:
-                mounts.unmount(record.path)
+                await self._unmount_path(record)
             except hr.GcsError:
                 self.mounts[record.path] = record  # still mounted: keep tracking it
                 record.refs = 1
                 raise
+            if record.conn is not None:
+                record.conn.close()
         mounts.remove_dirs(record.created or [record.path])
         if record.dm_name:
             await self._dm_remove(record.dm_name)
         log.info("unmounted", kind=record.kind, path=record.path)
+
+    async def _unmount_path(self, record: Mount) -> None:
+        if record.kind == "plan9":
+            await plan9.unmount(record.path, record.conn, self.devices.wait)
+        else:
+            await offload.call(mounts.unmount, record.path)  # writes back dirty data: off the loop
 
     def teardown(self) -> None:
         """Unmount everything the agent mounted: overlays first, then the rest, newest first."""
@@ -397,6 +459,8 @@ class Storage:
                     log.warning("teardown: unmount failed", path=bundle, error=str(err))
         self.bundle_binds.clear()
         for path, record in reversed(list(self.mounts.items())):
+            if record.conn is not None:
+                plan9.hang_up(record.conn)  # the VM is going: a server that stopped answering must not hold it
             try:
                 if record.kind == "blockdev":
                     os.unlink(path)
@@ -404,10 +468,17 @@ class Storage:
                     mounts.unmount(path)
             except (OSError, hr.GcsError) as err:
                 log.warning("teardown: unmount failed", path=path, error=str(err))
+            if record.conn is not None:
+                record.conn.close()
         self.mounts.clear()
 
 
 _RDONLY = 1
+
+
+def _write_file(path: str, text: str) -> None:
+    with open(path, "w") as f:
+        f.write(text)
 
 
 def _pmem_source(device: str, s: VPMemDevice) -> str:

@@ -42,6 +42,20 @@ def unmount(target: str) -> None:
             return
 
 
+def mount_disk(source: str, target: str, fstype: str, flags: int, data: str, options: list[str]) -> None:
+    """Mount a block device, then apply the propagation `options` as remounts; nothing stays
+    mounted on failure. It reads the device (and may replay a journal): run it off the loop."""
+    mount(source, target, fstype, flags, data)
+    try:
+        for option in options:
+            flag = PROPAGATION.get(option)
+            if flag is not None:
+                mount("", target, None, flag)
+    except BaseException:
+        unmount(target)
+        raise
+
+
 def is_mountpoint(path: str) -> bool:
     try:
         with open("/proc/self/mountinfo") as f:

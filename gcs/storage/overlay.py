@@ -10,14 +10,13 @@ kernel (the new mount API's `lowerdir+` needs 6.8).
 from __future__ import annotations
 
 import os
-import shutil
 import tempfile
 
 from gcs import linux
 from gcs.storage import mounts
 
-MOUNT_DATA_LIMIT = 4000
-MS_REMOUNT = 32  # one page minus room for the kernel's own additions
+MOUNT_DATA_LIMIT = 4000  # one page minus room for the kernel's own additions
+MS_REMOUNT = 32
 
 
 def overlay_options(layers: list[str], upper: str | None, work: str | None) -> str:
@@ -49,18 +48,34 @@ def mount_overlay(target: str, layers: list[str], upper: str | None, work: str |
         mounts.mount("overlay", target, "overlay", flags, data)
         return
     links = tempfile.mkdtemp(prefix=".ovl-", dir=scratch_dir)
+    names = [str(i) for i in range(len(layers))]
+    made: list[str] = []
     saved = os.open(".", os.O_PATH | os.O_DIRECTORY | os.O_CLOEXEC)
     try:
-        for i, layer in enumerate(layers):
-            os.symlink(layer, os.path.join(links, str(i)))
-        names = [str(i) for i in range(len(layers))]
-        if upper and work:
-            os.symlink(upper, os.path.join(links, "u"))
-            os.symlink(work, os.path.join(links, "w"))
-        os.chdir(links)  # the agent is single-threaded: nothing else sees this cwd
+        targets = list(zip(names, layers)) + ([("u", upper), ("w", work)] if upper and work else [])
+        for name, path in targets:
+            os.symlink(path, os.path.join(links, name))
+            made.append(name)
+        # cwd is the process's: this runs on the loop thread, whose own calls never wait in
+        # between, and worker threads use absolute paths only
+        os.chdir(links)
         mounts.mount("overlay", target, "overlay", flags,
                      overlay_options(names, "u" if upper else None, "w" if work else None))
     finally:
         os.fchdir(saved)
         os.close(saved)
-        shutil.rmtree(links, ignore_errors=True)
+        _remove_links(links, made)
+
+
+def _remove_links(links: str, names: list[str]) -> None:
+    """Remove the short-name directory: only the symlinks made in it, never a tree walk
+    (nothing else can be in it, and an rmtree of a directory is unbounded work)."""
+    for name in names:
+        try:
+            os.unlink(os.path.join(links, name))
+        except OSError:
+            pass
+    try:
+        os.rmdir(links)
+    except OSError:
+        pass
