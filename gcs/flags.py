@@ -1,6 +1,11 @@
 """Command-line flags, parsed the way Go's `flag` package does (-x, --x, -x=v, -x v), so
 the agent accepts the host's `/bin/gcs -v4 -log-format json -loglevel info ...` unchanged.
-(argparse would also cost a few ms of start-up.)"""
+(argparse would also cost a few ms of start-up.)
+
+The Go GCS's own flags either work (in a UVM: gcs/uvmsetup.py) or are named, with why, in
+one log line at start (`no_effect`). `-scrub-logs` (the default) holds by construction: no
+log line carries an environment, annotations or command arguments (gcs/log.py).
+"""
 from __future__ import annotations
 
 
@@ -30,6 +35,12 @@ class Options:
         self.sys_root = "/"
         self.device_wait = 30.0
         self.runtime = "native"
+        # The Go GCS's defaults (cmd/gcs/main.go): what a UVM gets when the host gives none.
+        self.kmsg_log_level = 4  # kmsg.Warning: relay kernel lines of priority <= 4
+        self.root_mem_reserve_bytes = 75 * 1024 * 1024  # /pods limit = RAM - this
+        self.gcs_mem_limit_bytes = 50 * 1024 * 1024  # /gcs usage above this is logged
+        self.initial_policy_stance = "allow"
+        self.given: set[str] = set()  # the flags on the command line, by name as spelled
 
 
 # flag name -> (Options field, kind)
@@ -52,11 +63,11 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "sys-root": ("sys_root", "str"),
     "device-wait": ("device_wait", "float"),
     "runtime": ("runtime", "str"),
-    # Accepted for compatibility with the Go GCS; they change nothing here.
-    "kmsgLogLevel": ("", "int"),
-    "root-mem-reserve-bytes": ("", "int"),
-    "gcs-mem-limit-bytes": ("", "int"),
-    "initial-policy-stance": ("", "str"),
+    # The Go GCS's: applied in a UVM after the first reply (gcs/uvmsetup.py); see no_effect().
+    "kmsgLogLevel": ("kmsg_log_level", "uint"),
+    "root-mem-reserve-bytes": ("root_mem_reserve_bytes", "uint"),
+    "gcs-mem-limit-bytes": ("gcs_mem_limit_bytes", "uint"),
+    "initial-policy-stance": ("initial_policy_stance", "str"),
 }
 
 USAGE = """usage: python -m gcs [flags]
@@ -69,6 +80,9 @@ USAGE = """usage: python -m gcs [flags]
   --runtime native|runc                     who creates containers (default: native)
   --device-wait SECONDS                     how long to wait for a hot-added device (default 30)
   -loglevel LEVEL   -log-format json   -logfile PATH   -v4   --poweroff=false
+  the Go GCS's, applied in a UVM only: -core-dump-location PATTERN   -kmsgLogLevel N (4)
+      -root-mem-reserve-bytes N (75 MiB)   -gcs-mem-limit-bytes N (50 MiB: a warning above it)
+  accepted, no effect (logged at start): -disable-time-sync   -scrub-logs=false   -initial-policy-stance deny
 """
 
 
@@ -96,15 +110,17 @@ def parse(argv: list[str]) -> Options:
                     raise UsageError(f"flag needs an argument: -{name}")
                 value = argv[i]
                 i += 1
-            if kind in ("int", "float"):
+            if kind in ("int", "uint", "float"):
                 try:
-                    parsed = int(value, 0) if kind == "int" else float(value)
+                    parsed = float(value) if kind == "float" else int(value, 0)
                 except ValueError:
                     raise UsageError(f"invalid value {value!r} for -{name}") from None
+                if kind == "uint" and parsed < 0:  # as Go's flag.Uint64 says
+                    raise UsageError(f"invalid value {value!r} for -{name}: parse error")
             else:
                 parsed = value
-        if field:
-            setattr(opts, field, parsed)
+        setattr(opts, field, parsed)
+        opts.given.add(name)
     if opts.local and opts.transport.startswith("vsock"):
         raise UsageError("--local refuses --transport vsock: vsock belongs to a VM, not to this machine")
     if not opts.bridge_stdio and not opts.transport:
@@ -113,4 +129,42 @@ def parse(argv: list[str]) -> Options:
         raise UsageError(f"unknown runtime {opts.runtime!r} (native or runc)")
     if opts.bridge_stdio and opts.bridge_listen is not None:
         raise UsageError("--bridge-stdio and --bridge-listen exclude each other")
+    if opts.initial_policy_stance not in ("allow", "deny"):  # the Go GCS exits on others too
+        raise UsageError(f"unknown initial-policy-stance {opts.initial_policy_stance!r} (allow or deny)")
+    if opts.log_format not in ("json", "text"):
+        raise UsageError(f"unknown log-format {opts.log_format!r} (json or text)")
     return opts
+
+
+def in_uvm(opts: Options) -> bool:
+    """Whether machine-wide settings (kernel.core_pattern, the root cgroups) are ours to
+    write: only in a VM, which is where vsock is used (never on a machine's host side, and
+    --local refuses it)."""
+    return not opts.local and opts.transport.startswith("vsock")
+
+
+_LOCAL = "not in a UVM (--local or no vsock transport): "
+
+
+def no_effect(opts: Options, uvm: bool) -> dict[str, str]:
+    """The flags given that change nothing here, each with why (logged once at start)."""
+    given = opts.given
+    why: dict[str, str] = {}
+    if "scrub-logs" in given and not opts.scrub_logs:
+        why["scrub-logs"] = ("logs are scrubbed by construction: the agent never logs environments, "
+                             "annotations or command arguments, so there is nothing to unscrub")
+    if "disable-time-sync" in given:
+        why["disable-time-sync"] = "not applicable: the UVM runs no chronyd, so the agent never starts time sync"
+    if "initial-policy-stance" in given and opts.initial_policy_stance != "allow":
+        why["initial-policy-stance"] = ("no security policy enforcement: every request is allowed, as with "
+                                        "allow, and logs are not discarded")
+    if "log-format" in given and opts.log_format != "json":
+        why["log-format"] = "the agent writes JSON lines only (what the host reads)"
+    if not uvm:
+        for name, what in (("core-dump-location", "kernel.core_pattern is machine-wide"),
+                           ("kmsgLogLevel", "/dev/kmsg is this machine's kernel log"),
+                           ("root-mem-reserve-bytes", "the containers' cgroup keeps the default reserve"),
+                           ("gcs-mem-limit-bytes", "no memory threshold is watched on the agent's cgroup")):
+            if name in given:
+                why[name] = _LOCAL + what
+    return why

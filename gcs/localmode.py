@@ -44,6 +44,7 @@ def enter(exit_with_parent: bool = False) -> str:
     except BaseException as err:  # noqa: BLE001
         from gcs.log import log
         log.log("fatal", "local mode setup failed", error=str(err))
+        log.flush(1.0)  # os._exit runs no clean-up: write what a slow reader left queued
         os._exit(1)
     return cgroup_base
 

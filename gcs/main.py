@@ -6,6 +6,8 @@ import sys
 
 from gcs import flags
 
+LOG_FLUSH_TIMEOUT = 1.0  # seconds the exit waits for a log reader that is behind
+
 
 def add_site_packages() -> None:
     """Started with `python -S` (skips site's .pth processing, ~20 ms here), find our
@@ -99,7 +101,18 @@ def main(argv: list[str] | None = None) -> None:
             return await dial_bridge(transport)
 
     bridge = Bridge(agent.handle, connect, reconnect=not opts.bridge_stdio)
-    bridge.on_negotiated = lambda: agent.warm_up(busy=lambda: bool(bridge.in_flight))
+    uvm = flags.in_uvm(opts)
+    negotiations = [0]
+
+    def on_negotiated() -> None:
+        busy = lambda: bool(bridge.in_flight)  # noqa: E731
+        agent.warm_up(busy=busy)
+        negotiations[0] += 1
+        if uvm and negotiations[0] == 1:  # the Go GCS's flags, once, after the first reply
+            from gcs import uvmsetup
+            uvmsetup.start(opts, agent, busy)
+
+    bridge.on_negotiated = on_negotiated
 
     def on_term(signum: int) -> None:
         log.info("terminating on signal", signal=signum)
@@ -112,6 +125,9 @@ def main(argv: list[str] | None = None) -> None:
     from gcs.bridge.server import since_exec_ms
     log.info("gcs started", pid=os.getpid(), transport=transport.name, local=opts.local, since_exec_ms=since_exec_ms(),
              bridge="stdio" if opts.bridge_stdio else ("listen" if opts.bridge_listen is not None else "dial"))
+    ignored = flags.no_effect(opts, uvm)
+    if ignored:
+        log.info("flags have no effect", flags=sorted(ignored), why=ignored)
     profile_path = os.environ.get("GCS_PROFILE")  # development aid: cProfile stats of the agent
     profiler = None
     if profile_path:
@@ -128,6 +144,7 @@ def main(argv: list[str] | None = None) -> None:
     agent.teardown()
     kind = shutdown_kind[0] if shutdown_kind else "bridge closed"
     log.info("gcs exiting", reason=kind)
+    log.flush(LOG_FLUSH_TIMEOUT)  # lines a slow reader left queued, bounded: we are leaving
     if shutdown_kind and shutdown_kind[0] != "signal" and opts.poweroff and not opts.local \
             and transport.name == "vsock":
         # Only ever inside a VM: vsock is never used on a machine's own host side.
