@@ -5,20 +5,9 @@ import os
 import sys
 
 from gcs import flags
+from gcs.sitepaths import add_site_packages
 
 LOG_FLUSH_TIMEOUT = 1.0  # seconds the exit waits for a log reader that is behind
-
-
-def add_site_packages() -> None:
-    """Started with `python -S` (skips site's .pth processing, ~20 ms here), find our
-    dependencies' directories ourselves."""
-    if not sys.flags.no_site:
-        return
-    version = f"python{sys.version_info[0]}.{sys.version_info[1]}"
-    for candidate in (f"{sys.prefix}/lib/{version}/site-packages", "/usr/lib/python3/dist-packages",
-                      f"/usr/local/lib/{version}/dist-packages"):
-        if os.path.isdir(candidate) and candidate not in sys.path:
-            sys.path.append(candidate)
 
 
 class NoTransport:

@@ -49,7 +49,7 @@ SCRIPT = textwrap.dedent('''
 
 
 def test_spawner_starts_answers_restarts_and_stops():
-    out = subprocess.run([sys.executable, "-S", "-c", "from gcs.main import add_site_packages; "
+    out = subprocess.run([sys.executable, "-S", "-c", "from gcs.sitepaths import add_site_packages; "
                           "add_site_packages(); exec(" + repr(SCRIPT) + ")"],
                          env=agent_env(), capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr

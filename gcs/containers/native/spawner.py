@@ -162,7 +162,7 @@ def _serve(sock: socket.socket) -> None:
 
 def main() -> None:
     fd, agent = int(sys.argv[1]), int(sys.argv[2])
-    from gcs.main import add_site_packages
+    from gcs.sitepaths import add_site_packages
 
     add_site_packages()
     # Dispositions the container processes inherit: defaults, nothing blocked (Python
