@@ -120,3 +120,48 @@ def loopback_up() -> None:
         fcntl.ioctl(sock, siocsifflags, struct.pack("16sH22x", b"lo", flags | iff_up))
     finally:
         sock.close()
+
+
+# --- keyrings (keyctl(2); libkeyutils is not in the UVM) -------------------------------------
+_SYS_KEYCTL = {"x86_64": 250, "aarch64": 219}.get(os.uname().machine, 250)
+KEYCTL_SETPERM, KEYCTL_DESCRIBE, KEYCTL_JOIN_SESSION_KEYRING = 5, 6, 1
+
+
+def _keyctl(op: int, *args) -> int:
+    result = _libc.syscall(ctypes.c_long(_SYS_KEYCTL), ctypes.c_long(op), *args)
+    if result < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"keyctl: {os.strerror(err)}")
+    return result
+
+
+def join_session_keyring(name: str) -> int:
+    """Join the session keyring called name (made if none we may search has that name)."""
+    return _keyctl(KEYCTL_JOIN_SESSION_KEYRING, ctypes.c_char_p(name.encode()))
+
+
+def key_perm(serial: int) -> int:
+    """A key's permission mask, from KEYCTL_DESCRIBE ("type;uid;gid;perm;description")."""
+    buf = ctypes.create_string_buffer(512)
+    _keyctl(KEYCTL_DESCRIBE, ctypes.c_long(serial), buf, ctypes.c_long(len(buf)))
+    return int(buf.value.split(b";")[3], 16)
+
+
+def set_key_perm(serial: int, perm: int) -> None:
+    _keyctl(KEYCTL_SETPERM, ctypes.c_long(serial), ctypes.c_ulong(perm))
+
+
+# --- opening a file inside a directory tree, as if it were the root ---------------------------
+_SYS_OPENAT2 = 437  # the same number on x86_64 and aarch64
+RESOLVE_NO_MAGICLINKS, RESOLVE_IN_ROOT = 0x02, 0x10
+
+
+def openat2(dirfd: int, path: str, flags: int, resolve: int) -> int:
+    """openat2(2); OSError(ENOSYS) on kernels before 5.6."""
+    how = struct.pack("QQQ", flags, 0, resolve)  # struct open_how: flags, mode, resolve
+    fd = _libc.syscall(ctypes.c_long(_SYS_OPENAT2), ctypes.c_int(dirfd), ctypes.c_char_p(path.encode()),
+                       ctypes.c_char_p(how), ctypes.c_size_t(len(how)))
+    if fd < 0:
+        err = ctypes.get_errno()
+        raise OSError(err, f"openat2 {path}: {os.strerror(err)}")
+    return fd

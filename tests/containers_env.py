@@ -56,3 +56,37 @@ class Host:
     def remove(self, cid):
         self.modify("CombinedLayers", {"ContainerRootPath": f"/run/gcs/c/{cid}/rootfs"}, "Remove")
         self.bridge.call(RequestId.DELETE_CONTAINER_STATE, container_id=cid)
+
+    def in_uvm(self, path):
+        """A path of the agent's (the UVM's) mount namespace, from here."""
+        return f"/proc/{self.uvm.agent_pid}/root{path}"
+
+
+# Sysctls runc refuses (libcontainer/configs/validate), with the namespaces the container has.
+ALL_NAMESPACES = ("pid", "network", "ipc", "uts", "mount")
+REFUSED_SYSCTLS = [
+    ("kernel.core_pattern", ALL_NAMESPACES), ("kernel/core_pattern", ALL_NAMESPACES),
+    ("vm.overcommit_memory", ALL_NAMESPACES), ("kernel.panic", ALL_NAMESPACES), ("kernel.hostname", ALL_NAMESPACES),
+    ("kernel.domainname", ("pid", "network", "ipc", "mount")),
+    ("kernel.msgmax", ("pid", "network", "uts", "mount")), ("fs.mqueue.msg_max", ("pid", "network", "uts", "mount")),
+    ("net.ipv4.ip_forward", ("pid", "ipc", "uts", "mount")),
+    ("net.ipv4.ip_forward", ("pid", "network:/proc/self/ns/net", "ipc", "uts", "mount")),  # the caller's own
+]
+
+
+def machine_sysctl(key):
+    """This machine's value of a sysctl named either way ("kernel.panic", "kernel/panic")."""
+    with open("/proc/sys/" + (key if "/" in key.split(".")[0] else key.replace(".", "/"))) as f:
+        return f.read().strip()
+
+
+def refused_sysctl_spec(key, kinds, rootfs):
+    """A spec asking for the sysctl with this machine's own value, so that if anything ever
+    wrote it, nothing would change. kinds: namespace types, "type:path" to join one."""
+    spec = default_spec(["true"], rootfs)
+    spec.pop("windows")
+    spec["linux"]["namespaces"] = [dict(zip(("type", "path"), kind.split(":", 1))) for kind in kinds]
+    if "uts" not in kinds:
+        spec.pop("hostname")  # runc checks that first
+    spec["linux"]["sysctl"] = {key: machine_sysctl(key)}
+    return spec

@@ -1,15 +1,20 @@
 """Differential tests: the same OCI specs under the native runtime and under runc (the
 oracle); what a process inside observes must be identical."""
 import copy
+import json
+import os
 import re
+import subprocess
 
 import pytest
 
+from gcs.containers import ocispec
 from gcs.host.images import make_layer_image
 from gcs.host.launcher import LocalUvm
+from gcs.protocol import hresult as hr
 
 from conftest import requires_root
-from containers_env import Host, busybox_rootfs, default_spec
+from containers_env import REFUSED_SYSCTLS, Host, busybox_rootfs, default_spec, refused_sysctl_spec
 from storage_env import DeviceTree, Loops
 
 pytestmark = requires_root
@@ -31,6 +36,16 @@ echo "msgmax=$(cat /proc/sys/kernel/msgmax)"
 echo "rootw=$(touch /rootw 2>/dev/null && echo y || echo n)"
 echo "lo=$(cat /sys/class/net/lo/flags 2>&1)"
 echo "pid1=$(tr '\0' ' ' < /proc/1/cmdline)"
+# To a file: a pipeline's pipes would be the shell's while ls runs. (ash lends ls the file
+# as its own fd 1 and keeps the real stdout at fd 10 meanwhile.)
+ls -ln /proc/$$/fd > /dev/shm/fds
+awk 'NR>1 {print "fd:" $9 " " $1 " " $11}' /dev/shm/fds | sed 's/:\[[0-9]*\]$/:[N]/'
+for n in 0 1 2; do echo "stdio:$n $(stat -L -c '%u:%g %a %F' /proc/$$/fd/$n)"; done
+(: < /dev/stdin) && echo "reopen:stdin y" || echo "reopen:stdin n"
+(: > /dev/stdout) && echo "reopen:stdout y" || echo "reopen:stdout n"
+(: > /dev/stderr) && echo "reopen:stderr y" || echo "reopen:stderr n"
+(echo "echo:stdout y" > /dev/stdout) || echo "echo:stdout n"
+awk '$9 ~ /^_ses\./ {print "keyring:" $2 " " $5 " " $6 " " $7 " " $8 " " $9 " " $10}' /proc/keys 2>/dev/null
 if [ -d /sys/fs/cgroup/memory ]; then
   echo "cgroups=$(ls /sys/fs/cgroup | tr '\n' ' ')"
   for f in memory/memory.limit_in_bytes memory/memory.soft_limit_in_bytes memory/memory.swappiness \
@@ -52,6 +67,7 @@ def variants(root):
     s["process"]["user"] = {"uid": 1000, "gid": 1000, "additionalGids": [2000, 3000], "umask": 0o027}
     s["process"]["cwd"] = "/tmp"
     s["process"]["env"].append("EXTRA=value with spaces")
+    s["linux"]["maskedPaths"].remove("/proc/keys")  # its session keyring shows there
     out["user"] = s
     s = copy.deepcopy(base)
     s["process"]["user"] = {"uid": 1000, "gid": 1000, "username": "app"}
@@ -90,6 +106,19 @@ def variants(root):
     s["process"]["terminal"] = True
     s["process"]["args"] = ["sh", "-c", "tty; " + OBSERVE]
     out["terminal"] = s
+    s = copy.deepcopy(s)
+    s["process"]["user"] = {"uid": 1000, "gid": 1000}  # its pty is the user's, the gid stays devpts's
+    s["linux"]["maskedPaths"].remove("/proc/keys")
+    out["user-terminal"] = s
+    s = copy.deepcopy(base)
+    # what runc allows: ipc ones with an ipc namespace, net ones with a network namespace of
+    # its own, kernel.domainname with a uts namespace
+    s["linux"]["sysctl"] = {"kernel.shmmni": "1234", "fs.mqueue.msg_max": "77", "net.ipv4.ip_forward": "1",
+                            "net/ipv4/tcp_syncookies": "0", "kernel.domainname": "example.test"}
+    s["process"]["args"] = ["sh", "-c", "for f in kernel/shmmni fs/mqueue/msg_max net/ipv4/ip_forward "
+                            "net/ipv4/tcp_syncookies kernel/domainname; do echo \"sysctl:$f=$(cat /proc/sys/$f)\"; "
+                            "done; " + OBSERVE]
+    out["sysctls"] = s
     s = copy.deepcopy(base)
     s["mounts"].append(copy.deepcopy(CGROUP_MOUNT))
     s["linux"]["resources"] = {
@@ -113,7 +142,8 @@ def variants(root):
     return out
 
 
-VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "cgroups", "cgroupns", "private-cwd"]
+VARIANTS = ["default", "user", "username", "caps", "limits", "filesystem", "terminal", "user-terminal", "sysctls",
+            "cgroups", "cgroupns", "private-cwd"]
 SCENARIOS = VARIANTS + ["pod-workload", "exec", "exec-terminal"]
 
 
@@ -150,6 +180,7 @@ def run_exec(host, runtime, terminal):
     spec["mounts"].append(copy.deepcopy(CGROUP_MOUNT))
     spec["process"]["rlimits"] = [{"type": "RLIMIT_NOFILE", "soft": 333, "hard": 444}]
     spec["linux"]["resources"] = {"memory": {"limit": 48 << 20}, "pids": {"limit": 55}}
+    spec["linux"]["maskedPaths"].remove("/proc/keys")  # the exec joins the init's session keyring
     host.create(cid, spec)
     init = host.start(cid, stdout=False, stderr=False)
     proc = host.exec(cid, ["sh", "-c", ("tty; " if terminal else "") + OBSERVE], terminal=terminal,
@@ -204,10 +235,19 @@ def observations(tmp_path_factory):
     return results
 
 
+# The container whose session keyring a scenario's process should be in ("_ses.<id>").
+KEYRING_OF = {"pod-workload": "wl", "exec": "ex0", "exec-terminal": "ex1"}
+
+
 def normalized(out: str, variant: str) -> str:
     # pid numbers of processes joining an existing pid namespace are an implementation
     # detail (runc's exec passes through helper processes there first).
     out = re.sub(r"^pid=(?!1$)\d+$", "pid=N (not 1)", out, flags=re.M)
+    # Its own container's keyring, named for the runtime's container id; a root process
+    # sees every other keyring root made too (the sandbox's, other containers' on this machine).
+    own = re.escape(KEYRING_OF.get(variant, variant))
+    out = re.sub(rf"^(keyring:.* _ses\.{own})-(native|runc):", r"\1-ID:", out, flags=re.M)
+    out = re.sub(rf"^keyring:(?!.* _ses\.{own}-ID:).*\n", "", out, flags=re.M)
     if variant.startswith("exec"):
         # runc 1.1 ignores an exec's user.umask (the process keeps runc's 0022); the native
         # runtime applies it, as the runtime spec says. Compared in test_exec_umask instead.
@@ -264,6 +304,19 @@ def test_observations_are_meaningful(observations):
     assert "CapBnd:\t0000000000000021" in runc["exec"] and "NoNewPrivs:\t1" in runc["exec"]
     assert "cgroup:pids/pids.max=55" in runc["exec"] and "cwd=/tmp" in runc["exec"]
     assert runc["exec-terminal"].startswith("/dev/pts/")
+    # open fds: stdio only (fd 10 is the shell's own stdout while ls writes to a file)
+    assert [line.split()[0] for line in runc["default"].splitlines() if line.startswith("fd:")] == \
+        ["fd:0", "fd:1", "fd:10", "fd:2"]
+    # stdio handed to the user (uid only), so that it can reopen /dev/stdout
+    assert "stdio:1 1000:0 600 fifo" in runc["user"] and "stdio:1 0:0 600 fifo" in runc["default"]
+    assert "reopen:stdout y" in runc["user"] and "echo:stdout y" in runc["user"]
+    assert "stdio:0 1000:5 620 character special file" in runc["user-terminal"]
+    assert "stdio:2 1000:0 600 fifo" in runc["exec"] and "reopen:stderr y" in runc["exec"]
+    # a session keyring of the container's own, searchable by its owner; an exec joins it
+    assert "keyring:I--Q--- 3f1b0000 0 0 keyring _ses.user-runc: empty" in runc["user"]
+    assert "keyring:I--Q--- 3f1b0000 0 0 keyring _ses.ex0-runc: empty" in runc["exec"]
+    assert "sysctl:kernel/shmmni=1234" in runc["sysctls"] and "sysctl:net/ipv4/tcp_syncookies=0" in runc["sysctls"]
+    assert "sysctl:kernel/domainname=example.test" in runc["sysctls"]
 
 
 def test_exec_umask_and_nofile(observations):
@@ -274,3 +327,27 @@ def test_exec_umask_and_nofile(observations):
         assert "umask=0077" in native
         assert re.search(r"^limit:Max open files +333 +444 +files", native, flags=re.M), native
     assert "umask=0022" in observations["runc"]["exec"][1]
+
+
+def test_refused_sysctls_match_runc(tmp_path):
+    """The oracle itself: `runc create` refuses each of these before it creates anything;
+    the agent's check (ocispec.check_sysctls) refuses the same ones, in runc's words."""
+    busybox_rootfs(str(tmp_path / "rootfs"))
+    state = str(tmp_path / "state")
+    for i, (key, kinds) in enumerate(REFUSED_SYSCTLS):
+        spec = refused_sysctl_spec(key, kinds, str(tmp_path / "rootfs"))
+        with pytest.raises(hr.GcsError) as info:
+            ocispec.check_spec(copy.deepcopy(spec))
+        assert info.value.hresult == hr.E_INVALIDARG
+        bundle = tmp_path / f"b{i}"
+        bundle.mkdir()
+        (bundle / "config.json").write_text(json.dumps(spec))
+        try:
+            runc = subprocess.run(["runc", "--root", state, "--log-format", "json", "create", "--bundle", str(bundle),
+                                   f"refused{i}"], stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=30)
+        finally:
+            subprocess.run(["runc", "--root", state, "delete", "--force", f"refused{i}"], capture_output=True)
+        assert runc.returncode != 0, f"runc took {key} with {kinds}"
+        said = json.loads(runc.stderr.splitlines()[-1])["msg"]
+        assert said == "runc create failed: " + str(info.value).split(": ", 1)[1], (key, kinds)
+        assert not os.path.exists(os.path.join(state, f"refused{i}"))  # refused before anything

@@ -115,6 +115,7 @@ class Containers:
         """Make the spec the one the container runs (rootfs, kind, user, annotations, cwd);
         returns the rootfs."""
         spec = c.spec
+        ocispec.check_spec(spec)  # the shape of every member read below: INVALID_JSON naming it
         self._check_support(spec)
         annotations = spec.get("annotations") or {}
         c.kind = kinds.kind_of(annotations)
@@ -142,8 +143,8 @@ class Containers:
         cwd = process.get("cwd") or "/"
         if not isinstance(cwd, str) or not cwd.startswith("/"):
             raise hr.GcsError(hr.E_INVALIDARG, f"the process cwd {cwd!r} is not an absolute path")  # as runc says
-        if cwd != "/":
-            os.makedirs(os.path.join(rootfs, cwd.lstrip("/")), exist_ok=True)
+        # The cwd is made inside the container, after pivot_root (as runc does): a `..` or a
+        # symlink in the image can then never create a directory elsewhere in the UVM.
         return rootfs
 
     async def _create(self, c: Container) -> None:

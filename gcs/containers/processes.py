@@ -72,6 +72,7 @@ class ContainerProcesses:
     def _exec_process(self, c: Container, process: dict) -> dict:
         """The exec's OCI process (parsed from its request alone: ours to change), completed
         from the container's."""
+        ocispec.check_value(process, ocispec.PROCESS, "process")
         base = c.spec.get("process") or {}
         process["rlimits"] = base.get("rlimits") or []
         user = process.get("user") or {}

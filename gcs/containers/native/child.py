@@ -25,6 +25,8 @@ from gcs.containers import ocispec as oci
 from gcs.protocol import jsoncodec
 
 MNT_DETACH = 2
+DEV_NULL = os.makedev(1, 3)
+KEY_USR_SEARCH = 0x00080000  # runc's "newperms" for a container without a user namespace
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430  # unlockpt / ptsname (not in Python's termios)
 DEFAULT_DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
 DEV_SYMLINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
@@ -43,7 +45,8 @@ def _fail(err_w: int, message: str, code: int = 1) -> None:
 
 
 def _enter_namespaces(namespaces: list[tuple[str, str | None]]) -> None:
-    joined = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC)) for kind, path in namespaces if path]
+    # O_NONBLOCK: a FIFO given as a namespace path fails setns instead of hanging the open
+    joined = [(kind, os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)) for kind, path in namespaces if path]
     # The mount namespace last: after it, /proc paths would name the container's view.
     joined.sort(key=lambda item: item[0] == "mount")
     for kind, fd in joined:
@@ -176,9 +179,12 @@ def _setup_dev(rootfs: str, devices: list[dict]) -> None:
         if kind is None:
             raise ChildError(f"device {d.get('path')}: unknown type {d.get('type')!r}")
         path = secure_join(rootfs, d["path"])
-        os.makedirs(os.path.dirname(path), exist_ok=True)
-        _mknod(path, kind | (d.get("fileMode") or 0o666), d.get("major", 0), d.get("minor", 0),
-               d.get("uid", 0), d.get("gid", 0))
+        try:
+            os.makedirs(os.path.dirname(path), exist_ok=True)
+            _mknod(path, kind | (d.get("fileMode") or 0o666), d.get("major", 0), d.get("minor", 0),
+                   d.get("uid", 0), d.get("gid", 0))
+        except OSError as err:
+            raise ChildError(f"create device {d['path']}: {err.strerror}") from None
     for name, target in DEV_SYMLINKS:
         link = os.path.join(dev, name)
         if not os.path.lexists(link):
@@ -252,8 +258,20 @@ def _setup_rootfs(plan: dict) -> None:
     if dev_is_tmpfs:
         _setup_dev(rootfs, plan.get("devices") or [])
     _pivot_root(rootfs)
+    if plan["identity"]["cwd"] != "/":
+        _make_cwd(plan["identity"]["cwd"])
     if plan.get("readonlyRoot"):
         _mount(None, "/", None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY, None)
+
+
+def _make_cwd(cwd: str) -> None:
+    """The process's cwd, made if missing, as runc does: after pivot_root, so that neither
+    ".." nor a symlink in the image can lead out of the rootfs (the kernel resolves both
+    inside the new root), with the mounts in place, before the root is made read-only."""
+    try:
+        os.makedirs(cwd, 0o755, exist_ok=True)
+    except OSError as err:
+        raise ChildError(f"mkdir cwd {cwd!r}: {err.strerror}") from None
 
 
 def _parent_mount_private(rootfs: str) -> None:
@@ -278,9 +296,20 @@ def _protect_paths(plan: dict) -> None:
         _mask(path)
 
 
-def _apply_sysctl(sysctl: dict) -> None:
+def _namespace_ids() -> dict[str, int]:
+    """The ipc, net and uts namespaces this process is in (what sysctls can be written in)."""
+    return {kind: os.stat(f"/proc/self/ns/{kind}").st_ino for kind in ("ipc", "net", "uts")}
+
+
+def _apply_sysctl(sysctl: dict, uvm_namespaces: dict[str, int]) -> None:
+    """uvm_namespaces: the spawner's, the UVM's own. The agent has refused what runc refuses
+    (ocispec.check_sysctls); this is the last line before a write that would change the
+    whole UVM (kernel.core_pattern, vm.*, a net.* one in the UVM's network namespace)."""
     for key, value in sysctl.items():
-        path = "/proc/sys/" + key.replace(".", "/")
+        kind = oci.sysctl_namespace(oci.sysctl_name(key))
+        if kind is None or os.stat(f"/proc/self/ns/{kind}").st_ino == uvm_namespaces[kind]:
+            raise ChildError(f"sysctl {key}: not in a namespace of the container's own")
+        path = "/proc/sys/" + key.replace(".", "/")  # no ".." can be left: every "." is gone
         try:
             _write_file(path, str(value))
         except OSError as err:
@@ -307,7 +336,9 @@ def _setup_stdio(stdio: dict, console: bool = False) -> None:
 def _open_console(sock_fd: int) -> str:
     """A pty from the container's own devpts; the master goes to the agent over the console
     socket (as runc's --console-socket does). Returns the slave's path."""
-    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC)
+    # O_NONBLOCK: an image's FIFO at /dev/ptmx fails the ioctl instead of hanging (the agent
+    # makes the master non-blocking anyway)
+    master = os.open("/dev/ptmx", os.O_RDWR | os.O_NOCTTY | os.O_CLOEXEC | os.O_NONBLOCK)
     fcntl.ioctl(master, TIOCSPTLCK, array.array("i", [0]))
     number = array.array("I", [0])
     fcntl.ioctl(master, TIOCGPTN, number)
@@ -362,7 +393,10 @@ def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
     see ocispec.identity); returns what to exec. python-prctl's C layer is called directly:
     its Python wrappers would cost this process page faults."""
     for res, soft, hard in ident["rlimits"]:
-        resource.setrlimit(res, (soft, hard))
+        try:
+            resource.setrlimit(res, (soft, hard))
+        except (OSError, ValueError) as err:  # e.g. a hard limit above the kernel's nr_open
+            raise ChildError(f"setrlimit {res} ({soft}, {hard}): {err}") from None
     caps = ident["caps"]
     if caps is not None:
         for cap in caps["drop"]:
@@ -372,25 +406,57 @@ def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
     cwd_pending = _chdir(ident["cwd"], final=False)
     _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 1)
     uid, gid = ident["uid"], ident["gid"]
+    env, args = ident["env"], ident["args"]
+    if "HOME" not in env:  # as runc does: the user's home from the container's passwd, read as root
+        env["HOME"] = _home_of(uid)
+    _fix_stdio_owner(uid)
     os.setgroups(ident["groups"])
     os.setresgid(gid, gid, gid)
     os.setresuid(uid, uid, uid)
     if ident["umask"] is not None:
         os.umask(ident["umask"])
     if caps is not None:
-        _prctl.set_caps(*caps["set"], *caps["clear"])
+        try:
+            _prctl.set_caps(*caps["set"], *caps["clear"])
+        except OSError as err:  # e.g. an effective capability that is not permitted
+            raise ChildError(f"unable to apply caps: {os.strerror(err.errno)}") from None
         linux.ambient_caps(caps["ambient"])
     _prctl.prctl(_prctl.PR_SET_KEEPCAPS, 0)
     if ident["no_new_privs"]:
         _prctl.prctl(_prctl.PR_SET_NO_NEW_PRIVS, 1)
     if cwd_pending:
         _chdir(ident["cwd"], final=True)
-    env, args = ident["env"], ident["args"]
-    if "HOME" not in env:  # as runc does: the user's home from the container's passwd
-        env["HOME"] = _home_of(uid)
     if not args:
         raise ChildError("process has no args")
     return _lookup(args[0], env), args, env
+
+
+def _fix_stdio_owner(uid: int) -> None:
+    """runc's fixStdioPermissions: stdio other than /dev/null goes to the user the process
+    becomes (the uid only; the gid stays, a devpts gid= option may have chosen it), so that
+    it can reopen /dev/stdout. The pipes and ptys are the agent's making, root's."""
+    for fd in (0, 1, 2):
+        st = os.fstat(fd)
+        if st.st_uid == uid or (stat.S_ISCHR(st.st_mode) and st.st_rdev == DEV_NULL):
+            continue
+        try:
+            os.fchown(fd, uid, st.st_gid)
+        except OSError as err:  # as runc: an owner or a gid we cannot map, a read-only /dev
+            if err.errno not in (errno.EINVAL, errno.EPERM, errno.EROFS):
+                raise ChildError(f"chown stdio fd {fd}: {err.strerror}") from None
+
+
+def _join_session_keyring(cid: str, init: bool) -> None:
+    """As runc: not the agent's session keyring, but one of the container's, "_ses.<id>". Its
+    init makes it and adds search permission for its owner (root: the process joining it
+    is still root) so that the container's execs can find it by name and join it too."""
+    try:
+        serial = linux.join_session_keyring("_ses." + cid)
+        if init:
+            linux.set_key_perm(serial, linux.key_perm(serial) | KEY_USR_SEARCH)
+    except OSError as err:
+        if err.errno != errno.ENOSYS:  # a kernel without keyrings: best effort, as runc
+            raise ChildError(f"unable to join session keyring: {os.strerror(err.errno)}") from None
 
 
 def _chdir(cwd: str, final: bool) -> bool:
@@ -408,9 +474,8 @@ def _chdir(cwd: str, final: bool) -> bool:
 
 def _home_of(uid: int) -> str:
     # Raw reads, no text layer: every object this process creates costs copy-on-write faults.
-    try:
-        data = _read_file("/etc/passwd")
-    except OSError:
+    data = _read_regular("/etc/passwd")
+    if data is None:
         return "/"
     wanted = str(uid).encode()
     for line in data.split(b"\n"):
@@ -437,6 +502,38 @@ def _read_file(path: str) -> bytes:
         return b"".join(chunks)
     finally:
         os.close(fd)
+
+
+def _read_regular(path: str) -> bytes | None:
+    """An image's file, if it is a regular one: a FIFO there would hang us, a device's open
+    may have side effects (we are root, perhaps not yet in the device cgroup). Checked on an
+    O_PATH descriptor, then opened through it: the inode checked is the one read."""
+    try:
+        fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+    except OSError:
+        return None
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode) or st.st_size > oci.IMAGE_FILE_LIMIT:
+            return None
+        try:
+            reader = os.open(f"/proc/self/fd/{fd}", os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)
+        except FileNotFoundError:  # no /proc in this container: by path, and the same inode
+            reader = os.open(path, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK | os.O_NOCTTY)
+            again = os.fstat(reader)
+            if (again.st_dev, again.st_ino) != (st.st_dev, st.st_ino):
+                os.close(reader)
+                return None
+    except OSError:
+        return None
+    finally:
+        os.close(fd)
+    try:
+        return os.read(reader, oci.IMAGE_FILE_LIMIT)
+    except OSError:
+        return None
+    finally:
+        os.close(reader)
 
 
 def _check_program(proc: dict) -> None:
@@ -479,7 +576,9 @@ def init_main(plan: dict, fds: dict) -> None:
     for start, exec."""
     def setup() -> tuple[str, list[str], dict[str, str]]:
         _join_cgroups(plan)
+        uvm_namespaces = _namespace_ids() if plan.get("sysctl") else {}
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
+        _join_session_keyring(plan["id"], init=True)
         if ["network", None] in plan["namespaces"] and not plan.get("loopback_up"):
             linux.loopback_up()  # a new network namespace starts with lo down; runc brings it up
         os.setsid()
@@ -487,7 +586,7 @@ def init_main(plan: dict, fds: dict) -> None:
             _setup_rootfs(plan)
         if plan.get("hostname") and any(k == "uts" and not p for k, p in plan["namespaces"]):
             _socket.sethostname(plan["hostname"])
-        _apply_sysctl(plan.get("sysctl") or {})
+        _apply_sysctl(plan.get("sysctl") or {}, uvm_namespaces)
         _protect_paths(plan)
         _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
@@ -507,6 +606,7 @@ def exec_main(plan: dict, fds: dict) -> None:
         _set_oom_score(plan["process"])  # through the agent's /proc, before the mount ns changes
         _join_cgroups(plan)
         _enter_namespaces([(k, p) for k, p in plan["namespaces"] if k != "pid"])
+        _join_session_keyring(plan["id"], init=False)
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])

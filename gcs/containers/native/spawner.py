@@ -128,7 +128,7 @@ class Server:
                 plan["loopback_up"] = True
         pid_ns = request.get("pid_ns")
         if pid_ns:
-            target = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC)
+            target = os.open(pid_ns, os.O_RDONLY | os.O_CLOEXEC | os.O_NONBLOCK)  # a FIFO there must not hang us
             try:
                 linux.setns(target, linux.CLONE_NEWPID)
             finally:
