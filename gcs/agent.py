@@ -6,6 +6,8 @@ simply unknown (0xC037010E), which the host treats as "gone" where that is benig
 """
 from __future__ import annotations
 
+import sys
+
 from gcs import aio
 from gcs.log import log
 from gcs.protocol import hresult as hr
@@ -17,6 +19,7 @@ if TYPE_CHECKING:
     from typing import Any, Awaitable, Callable
 
     from gcs.containers.manager import Containers
+    from gcs.network.namespaces import Networks
     from gcs.protocol.messages import (CreateRequest, ExecuteProcessRequest, GetPropertiesRequest, ModifySettingsRequest,
                                        Request, ResizeConsoleRequest, SignalProcessRequest,
                                        WaitForProcessRequest)
@@ -42,6 +45,26 @@ HOST_RESOURCE_TYPES = {
 }
 
 
+def _network_refusal(local: bool) -> str:
+    """Why this agent cannot serve networking, or "" (checked without importing pyroute2)."""
+    from gcs import network
+    if not network.pyroute2_present():
+        return "networking needs pyroute2, which this agent cannot import"
+    if local and network.in_initial_netns():
+        # Never move or configure the links of the machine a local-mode agent runs on.
+        return "local mode in the machine's own network namespace: run the agent in a network namespace of its own"
+    return ""
+
+
+def _nic_wait() -> float:
+    """How long a Network Add waits for its NIC (upstream: 5 s); GCS_NIC_WAIT overrides."""
+    import os
+    try:
+        return max(0.0, float(os.environ.get("GCS_NIC_WAIT", "5")))
+    except ValueError:
+        return 5.0
+
+
 class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
                  dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0,
@@ -53,6 +76,12 @@ class Agent:
         self._storage: Storage | None = None
         self._device_args = (dev_root, sys_root, device_wait)
         self._containers: Containers | None = None
+        self._network: Networks | None = None
+        self._sys_root = sys_root
+        self.network_refused = _network_refusal(local=bool(cgroup_base))
+        if self.network_refused:
+            from gcs.protocol import replies
+            replies.GUEST_CAPABILITIES["NamespaceAddRequestSupported"] = False  # only what works
         self.runtime_name = runtime
         self.cgroup_base = cgroup_base
         self.notify = notify or (lambda note: None)
@@ -90,6 +119,14 @@ class Agent:
         return self._storage
 
     @property
+    def network(self) -> Networks:
+        """The network namespace records; pyroute2 itself loads with the first adapter."""
+        if self._network is None:
+            from gcs.network.namespaces import Networks
+            self._network = Networks(self._sys_root, _nic_wait(), refused=self.network_refused)
+        return self._network
+
+    @property
     def containers(self) -> Containers:
         if self._containers is None:
             from gcs.containers.cgroups import Cgroups
@@ -103,7 +140,8 @@ class Agent:
                 from gcs.containers.native.runtime import NativeRuntime
                 runtime = NativeRuntime(self.reaper)
             self._containers = Containers(runtime, self.reaper, self.transport,
-                                          lambda note: self.notify(note), lambda: self._storage, cgroups)
+                                          lambda note: self.notify(note), lambda: self._storage, cgroups,
+                                          lambda: self.network)
         return self._containers
 
     def teardown(self) -> None:
@@ -114,6 +152,8 @@ class Agent:
             self._processes.kill_all()
         if self._storage is not None:
             self._storage.teardown()
+        if self._network is not None:
+            self._network.teardown()
 
     def warm_up(self, busy: Callable[[], bool] = lambda: False) -> None:
         """After NegotiateProtocol: load what later requests need, one step at a time and only
@@ -160,6 +200,9 @@ class Agent:
             "uvm_processes": len(self._processes or ()),
             **(self._storage.state() if self._storage is not None else {"storage_mounts": 0, "overlays": 0}),
             **(self._containers.state() if self._containers is not None else {"containers": 0, "container_execs": 0}),
+            **(self._network.state() if self._network is not None else {"network_namespaces": 0,
+                                                                         "network_adapters": 0}),
+            "network_loaded": int("pyroute2" in sys.modules),  # proves start-up did not pay for it
             "reaper_watches": self.reaper.watched,
             "orphans_reaped": self.reaper.orphans_reaped,
             "tasks": len(loop.tasks),
@@ -236,6 +279,10 @@ class Agent:
             raise hr.GcsError(hr.E_FAIL, f"the RequestType {req.request_type!r} is not supported")
         if req.resource_type in STORAGE_RESOURCE_TYPES:
             await self.storage.modify(req)
+            return response(req.activity_id)
+        if req.resource_type == "Network":
+            from gcs.protocol.messages import NetworkAdapter
+            await self.network.modify(req.request_type, NetworkAdapter.from_obj(req.settings))
             return response(req.activity_id)
         raise hr.GcsError(hr.E_NOTIMPL, f"ResourceType {req.resource_type!r} is not supported by this agent build")
 

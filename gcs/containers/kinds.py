@@ -33,8 +33,9 @@ def kind_of(annotations: dict) -> Kind:
     return Kind.SANDBOX if cri == "sandbox" else Kind.WORKLOAD if cri == "container" else Kind.STANDALONE
 
 
-def adjust_for_kind(c: Container, spec: dict, find: Callable[[str], Optional[Container]]) -> None:
-    """Host files and cgroup path by kind; `find` looks up another container by id."""
+def adjust_for_kind(c: Container, spec: dict, find: Callable[[str], Optional[Container]], resolv: str = "") -> None:
+    """Host files and cgroup path by kind; `find` looks up another container by id, `resolv`
+    is the resolv.conf of the pod's network namespace."""
     annotations = spec.get("annotations") or {}
     linux = spec.setdefault("linux", {})
     if c.kind is Kind.WORKLOAD:
@@ -47,12 +48,26 @@ def adjust_for_kind(c: Container, spec: dict, find: Callable[[str], Optional[Con
         hostfiles.add_mounts(spec, sandbox.bundle)
         linux["cgroupsPath"] = f"/pods/{c.sandbox_id}/{c.id}"
         return
-    spec["hostname"] = hostfiles.write_files(c.bundle, spec.get("hostname") or "")
-    if c.kind is Kind.STANDALONE:
-        hostfiles.add_mounts(spec, c.bundle)
-        linux["cgroupsPath"] = f"/pods/{c.id}"
-    else:
-        linux["cgroupsPath"] = f"/pods/{c.id}/{c.id}"
+    spec["hostname"] = hostfiles.write_files(c.bundle, spec.get("hostname") or "", resolv)
+    hostfiles.add_mounts(spec, c.bundle)
+    linux["cgroupsPath"] = f"/pods/{c.id}" if c.kind is Kind.STANDALONE else f"/pods/{c.id}/{c.id}"
+
+
+ANNOTATION_HOST_NETWORK = "io.microsoft.virtualmachine.lcow.hostnetwork"
+
+
+def network_namespace_id(spec: dict) -> str:
+    """The pod network namespace the host names (`Windows.Network.NetworkNamespace`)."""
+    windows = spec.get("windows") or {}
+    network = windows.get("network") if isinstance(windows, dict) else None
+    nsid = network.get("networkNamespace") if isinstance(network, dict) else None
+    return nsid if isinstance(nsid, str) else ""
+
+
+def host_network(spec: dict, sandbox: Optional[Container] = None) -> bool:
+    """The host-network annotation, from the sandbox's spec for a workload (upstream's)."""
+    annotations = (sandbox.spec if sandbox is not None else spec).get("annotations") or {}
+    return str(annotations.get(ANNOTATION_HOST_NETWORK, "")).lower() == "true"
 
 
 def apply_annotations(process: dict, annotations: dict) -> None:

@@ -28,20 +28,24 @@ if TYPE_CHECKING:
 
     from gcs.containers.cgroups import Cgroups
     from gcs.containers.runtime_api import Runtime
+    from gcs.network.namespaces import Networks
     from gcs.protocol.messages import ExecuteProcessRequest
     from gcs.runtime.reaper import Reaper
 
 
 class Containers:
     def __init__(self, runtime: Runtime, reaper: Reaper, transport, notify: Callable[[dict], None],
-                 storage_getter, cgroups: Optional[Cgroups] = None) -> None:
+                 storage_getter, cgroups: Optional[Cgroups] = None,
+                 network_getter: Callable[[], Optional[Networks]] = lambda: None) -> None:
         self.runtime = runtime
         self.cgroups = cgroups
         self.reaper = reaper
         self.transport = transport
         self.notify = notify
         self.storage = storage_getter
+        self.network = network_getter
         self.containers: dict[str, Container] = {}
+        self._pending_network: dict[str, dict] = {}  # between spec adjustment and the attach
         self.last_cap = ocispec.kernel_last_cap()
         self.processes = ContainerProcesses(self)
 
@@ -92,6 +96,9 @@ class Containers:
         try:
             await self._create(c)
         except BaseException:
+            network = self.network()
+            if network is not None:
+                await network.detach(cid)  # adapters moved in go back to the UVM
             del self.containers[cid]
             if c.init_stdio is not None:
                 c.init_stdio.close()
@@ -134,7 +141,7 @@ class Containers:
         if not process or not process.get("args"):
             raise hr.GcsError(hr.E_INVALIDARG, "the spec has no process args")
         os.makedirs(c.bundle, mode=0o700, exist_ok=True)
-        kinds.adjust_for_kind(c, spec, self.containers.get)
+        self._adjust_network(c, spec)
         resolve_user(process, rootfs)
         kinds.apply_annotations(process, annotations)
         spec.pop("windows", None)
@@ -147,8 +154,48 @@ class Containers:
         # symlink in the image can then never create a directory elsewhere in the UVM.
         return rootfs
 
+    def _adjust_network(self, c: Container, spec: dict) -> None:
+        """Host files with the pod's resolv.conf, and the network namespace entry: gone with
+        host networking, the sandbox's pod namespace for a workload that asks for a new one."""
+        nsid = kinds.network_namespace_id(spec)
+        sandbox = self.containers.get((spec.get("annotations") or {}).get(kinds.ANNOTATION_SANDBOX, "")) \
+            if c.kind is kinds.Kind.WORKLOAD else None
+        network = self.network() if nsid or sandbox is not None else None
+        c_net = {"nsid": nsid, "host": kinds.host_network(spec, sandbox)}
+        linux = spec["linux"]
+        if c_net["host"]:
+            linux["namespaces"] = [ns for ns in linux.get("namespaces") or [] if ns.get("type") != "network"]
+        kinds.adjust_for_kind(c, spec, self.containers.get,
+                              network.resolv_conf(nsid) if network is not None and nsid else "")
+        if c.kind is kinds.Kind.WORKLOAD and network is not None and sandbox is not None:
+            pod = network.pod_path(sandbox.id)
+            for entry in linux.get("namespaces") or []:
+                if entry.get("type") == "network" and not entry.get("path") and pod:
+                    entry["path"] = pod  # a workload shares its pod's network, as on any CRI host
+        self._pending_network[c.id] = c_net
+
+    async def _attach_network(self, c: Container) -> None:
+        """A sandbox's or standalone container's pod network namespace, with the adapters the
+        host added for it moved in, before the runtime reads the spec."""
+        c_net = self._pending_network.pop(c.id, None)
+        if c_net is None or not c_net["nsid"] or c.kind is kinds.Kind.WORKLOAD:
+            return
+        network = self.network()
+        if network is None:
+            return
+        from gcs.network.namespaces import HOST, JOIN, NEW
+        entry = next((ns for ns in c.spec["linux"].get("namespaces") or [] if ns.get("type") == "network"), None)
+        mode = HOST if entry is None else JOIN if entry.get("path") else NEW
+        path = await network.attach(c_net["nsid"], c.id, c.bundle, mode, entry.get("path", "") if entry else "")
+        if path:
+            entry["path"] = path
+
     async def _create(self, c: Container) -> None:
-        rootfs = self._adjust_spec(c)
+        try:
+            rootfs = self._adjust_spec(c)
+            await self._attach_network(c)
+        finally:
+            self._pending_network.pop(c.id, None)
         spec = c.spec
         linux, process = spec["linux"], spec["process"]
         namespaces = linux.get("namespaces") or []
@@ -272,6 +319,12 @@ class Containers:
                 except aio.TimeoutError_:
                     errors.append(f"process {proc.pid} did not exit")
         await self.runtime.delete(cid)
+        network = self.network()
+        if network is not None:
+            try:
+                await network.detach(cid)
+            except hr.GcsError as err:
+                errors.append(str(err))
         cgroup = self.cgroup_of(c)
         if cgroup:
             await self.cgroups.remove(cgroup)

@@ -23,7 +23,13 @@ def properties(c: Container, cgroups: Cgroups, cgroup: str, types: list[str]) ->
         elif kind == "Statistics":
             if not cgroup:
                 raise hr.GcsError(hr.E_FAIL, "no cgroup hierarchy: statistics are not available")
-            props["LCOWMetrics"] = cgroups.stats(cgroup)
+            metrics = cgroups.stats(cgroup)
+            if c.init is not None and not c.init.exited:  # upstream sends it empty
+                from gcs.network import stats
+                network = stats.of_process(c.init.pid)
+                if network:
+                    metrics["network"] = network
+            props["LCOWMetrics"] = metrics
         else:
             log.warning("unknown property type ignored", type=kind)
     return encode_json(props)

@@ -160,6 +160,50 @@ class ModifySettingsRequest(Request):
                    resource_type=req.str("ResourceType"), settings=req.obj("Settings"))
 
 
+# --- ModifySettings settings -----------------------------------------------------------------
+@record
+class IPConfig:
+    address: str = ""
+    prefix_length: int = 0
+
+
+@record
+class NetworkRoute:
+    next_hop: str = ""
+    destination_prefix: str = ""
+    metric: int = 0
+
+
+@record
+class NetworkAdapter:
+    """ModifySettings `Network` settings, hcsshim's LCOWNetworkAdapter (protocol.md 3.10.6)."""
+
+    namespace_id: str = ""
+    id: str = ""
+    mac_address: str = ""
+    dns_suffix: str = ""
+    dns_servers: str = ""
+    encap_overhead: int = 0
+    vpci_assigned: bool = False
+    ip_configs: list[IPConfig] = field(default_factory=list)
+    routes: list[NetworkRoute] = field(default_factory=list)
+    policy_based_routing: bool = False
+
+    @classmethod
+    def from_obj(cls, obj: Optional[Obj]) -> "NetworkAdapter":
+        if obj is None:
+            raise GcsError(INVALID_JSON, "Network: missing Settings")
+        return cls(
+            namespace_id=obj.str("NamespaceID"), id=obj.str("ID"), mac_address=obj.str("MacAddress"),
+            dns_suffix=obj.str("DNSSuffix"), dns_servers=obj.str("DNSServerList"),
+            encap_overhead=obj.uint("EncapOverhead", 16), vpci_assigned=obj.bool("VPCIAssigned"),
+            ip_configs=[IPConfig(c.str("IPAddress"), c.uint("PrefixLength", 8)) for c in obj.obj_list("IPConfigs")],
+            routes=[NetworkRoute(r.str("NextHop"), r.str("DestinationPrefix"), r.uint("Metric", 16))
+                    for r in obj.obj_list("Routes")],
+            policy_based_routing=obj.bool("PolicyBasedRouting"),
+        )
+
+
 REQUEST_TYPES: dict[int, type[Request]] = {
     RequestId.CREATE: CreateRequest,
     RequestId.START: Request,

@@ -61,16 +61,22 @@ def _describe(err: BaseException) -> str:
         return type(err).__name__
 
 
+# What the agent offers (protocol.md 2.3, 9.5). The host acts on each one: the agent clears
+# any it cannot serve (NamespaceAddRequestSupported without working networking) before it
+# answers NegotiateProtocol.
+GUEST_CAPABILITIES: dict[str, bool] = {
+    "NamespaceAddRequestSupported": True,
+    "SignalProcessSupported": True,
+    "DumpStacksSupported": True,
+    "DeleteContainerStateSupported": True,
+}
+
+
 def negotiate_response(activity_id: str, version: int) -> dict[str, Any]:
     return response(activity_id, Version=version, Capabilities={
         "SupportedSchemaVersions": [{"Major": 2, "Minor": 1}],
         "RuntimeOsType": "Linux",
-        "GuestDefinedCapabilities": {
-            "NamespaceAddRequestSupported": True,
-            "SignalProcessSupported": True,
-            "DumpStacksSupported": True,
-            "DeleteContainerStateSupported": True,
-        },
+        "GuestDefinedCapabilities": {k: v for k, v in GUEST_CAPABILITIES.items() if v},  # Go's omitempty
     })
 
 

@@ -1,0 +1,135 @@
+"""Network namespaces and veth pairs made by the network tests, and a local-mode agent run in
+a namespace of its own (the "UVM" namespace): the tests' NICs are veth ends there, found by
+MAC, and their peers sit in a peer namespace. Namespaces are held by fds only (no mounts,
+nothing in /run/netns): closing the fds frees them and the veths in them."""
+import contextlib
+import os
+import socket
+import threading
+
+from gcs import linux
+from gcs.host.launcher import LocalUvm
+from gcs.network.netlink import Netlink
+
+
+def new_netns():
+    """A new network namespace with lo up; returns its fd (this thread stays where it was)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.unshare(linux.CLONE_NEWNET)
+        try:
+            linux.loopback_up()
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+@contextlib.contextmanager
+def in_netns(fd):
+    """This thread in another network namespace for a while."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.setns(fd, linux.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+class Net:
+    """The UVM namespace, a peer namespace, and veth pairs between them."""
+
+    def __init__(self):
+        self.uvm = new_netns()
+        self.peer = new_netns()
+        self.count = 0
+
+    def veth(self, peer_addrs=(), mac=None):
+        """A NIC for the agent: (its MAC, its name) in the UVM namespace; the other end in the
+        peer namespace, up, with `peer_addrs` [(address, prefix)] (IPv6 without DAD)."""
+        self.count += 1
+        nic, peer = f"tnic{self.count}", f"tpeer{self.count}"
+        mac = mac or "02:7e:57:%02x:%02x:%02x" % (os.getpid() & 0xFF, self.count, os.urandom(1)[0])
+        with Netlink(self.uvm) as nl:
+            nl.ipr.link("add", ifname=nic, kind="veth", peer=peer, address=mac)
+            nl.move(nl.by_name(peer).index, self.peer)
+        with Netlink(self.peer) as nl:
+            index = nl.by_name(peer).index
+            for address, prefix in peer_addrs:
+                family = socket.AF_INET6 if ":" in address else socket.AF_INET
+                kw = {"flags": 0x02} if family == socket.AF_INET6 else {}  # IFA_F_NODAD
+                nl.ipr.addr("add", index=index, address=address, prefixlen=prefix, family=family, **kw)
+            nl.set_up(index)
+        return mac, nic
+
+    def uvm_links(self):
+        with Netlink(self.uvm) as nl:
+            return {link.name: link for link in nl.links()}
+
+    def uvm_addresses(self, name):
+        with Netlink(self.uvm) as nl:
+            return nl.addresses(nl.by_name(name).index)
+
+    def close(self):
+        for fd in (self.uvm, self.peer):
+            os.close(fd)
+
+
+def start_agent(net, directory, extra_args, negotiate=True):
+    """A local-mode agent whose network namespace is `net.uvm` (fork inherits this thread's)."""
+    uvm = LocalUvm(directory, extra_args=extra_args)
+    with in_netns(net.uvm):
+        uvm.start(negotiate=negotiate)
+    return uvm
+
+
+class EchoServer:
+    """A TCP echo of one message per connection, listening in a namespace."""
+
+    def __init__(self, netns, address, port):
+        family = socket.AF_INET6 if ":" in address else socket.AF_INET
+        with in_netns(netns):
+            self.sock = socket.socket(family, socket.SOCK_STREAM)
+        self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.sock.bind((address, port))
+        self.sock.listen(4)
+        self.sock.settimeout(20)
+        self.thread = threading.Thread(target=self._serve, daemon=True)
+        self.thread.start()
+
+    def _serve(self):
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            with conn:
+                conn.settimeout(5)
+                try:
+                    data = conn.recv(4096)
+                    conn.sendall(b"echo:" + data)
+                except OSError:
+                    pass
+
+    def close(self):
+        self.sock.close()
+        self.thread.join(5)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def adapter(nsid, mac, aid, ips=(), routes=(), **extra):
+    """The host's ModifySettings Network settings (LCOWNetworkAdapter)."""
+    settings = {"NamespaceID": nsid, "ID": aid, "MacAddress": mac.replace(":", "-").upper(),
+                "IPConfigs": [{"IPAddress": a, "PrefixLength": p} for a, p in ips],
+                "Routes": [dict(zip(("DestinationPrefix", "NextHop", "Metric"), r)) for r in routes]}
+    settings.update(extra)
+    return settings
