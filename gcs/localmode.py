@@ -21,6 +21,7 @@ def enter(exit_with_parent: bool = False) -> str:
     cgroup); the supervisor removes it after the agent, whatever way the agent ended.
     """
     from gcs import linux
+    from gcs.mountflags import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
     cgroup_base = f"{_own_cgroup().rstrip('/')}/pygcs-{os.getpid()}-{os.urandom(3).hex()}"
 
@@ -38,9 +39,9 @@ def enter(exit_with_parent: bool = False) -> str:
     try:
         import prctl
         prctl.set_pdeathsig(signal.SIGKILL)  # the supervisor's death ends the namespace
-        linux.mount(None, "/", None, linux.MS_REC | linux.MS_PRIVATE)
-        linux.mount("tmpfs", "/run", "tmpfs", linux.MS_NOSUID | linux.MS_NODEV, "mode=0755")
-        linux.mount("proc", "/proc", "proc", linux.MS_NOSUID | linux.MS_NODEV | linux.MS_NOEXEC)
+        linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
+        linux.mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
+        linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
     except BaseException as err:  # noqa: BLE001
         from gcs.log import log
         log.log("fatal", "local mode setup failed", error=str(err))

@@ -7,6 +7,9 @@ import errno
 import os
 import stat
 
+from gcs.mountflags import (MS_BIND, MS_DIRSYNC, MS_MANDLOCK, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
+                            MS_NOSUID, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, MS_STRICTATIME, MS_SYNCHRONOUS,
+                            PROPAGATION_FLAGS)
 from gcs.protocol import hresult as hr
 
 _ID_FIRST = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789")
@@ -43,9 +46,6 @@ RLIMITS = {
 }
 
 # mount(2) flags by OCI option name: (set, flag) — set False clears the flag.
-MS_RDONLY, MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_SYNCHRONOUS, MS_REMOUNT = 1, 2, 4, 8, 16, 32
-MS_MANDLOCK, MS_DIRSYNC, MS_NOATIME, MS_NODIRATIME, MS_BIND, MS_REC = 64, 128, 1024, 2048, 4096, 0x4000
-MS_UNBINDABLE, MS_PRIVATE, MS_SLAVE, MS_SHARED, MS_RELATIME, MS_STRICTATIME = 1 << 17, 1 << 18, 1 << 19, 1 << 20, 1 << 21, 1 << 24
 MOUNT_FLAGS = {
     "ro": (True, MS_RDONLY), "rw": (False, MS_RDONLY), "nosuid": (True, MS_NOSUID), "suid": (False, MS_NOSUID),
     "nodev": (True, MS_NODEV), "dev": (False, MS_NODEV), "noexec": (True, MS_NOEXEC), "exec": (False, MS_NOEXEC),
@@ -55,11 +55,6 @@ MOUNT_FLAGS = {
     "nodiratime": (True, MS_NODIRATIME), "bind": (True, MS_BIND), "rbind": (True, MS_BIND | MS_REC),
     "relatime": (True, MS_RELATIME), "norelatime": (False, MS_RELATIME),
     "strictatime": (True, MS_STRICTATIME), "nostrictatime": (False, MS_STRICTATIME),
-}
-PROPAGATION_FLAGS = {
-    "private": MS_PRIVATE, "rprivate": MS_PRIVATE | MS_REC, "shared": MS_SHARED, "rshared": MS_SHARED | MS_REC,
-    "slave": MS_SLAVE, "rslave": MS_SLAVE | MS_REC, "unbindable": MS_UNBINDABLE,
-    "runbindable": MS_UNBINDABLE | MS_REC,
 }
 
 

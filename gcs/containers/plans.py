@@ -22,8 +22,8 @@ class ProcessPlan:
     cgroup_procs: list = field(default_factory=list)  # cgroup.procs files it writes itself
 
     def wire(self) -> dict:
-        return {"id": self.id, "process": self.process, "identity": self.identity,
-                "namespaces": self.namespaces, "stdio": self.stdio, "cgroup_procs": self.cgroup_procs}
+        """The plan as the spawner receives it (msgpack): its fields by name."""
+        return {name: getattr(self, name) for name in self.__record_fields__}
 
 
 @record
@@ -39,13 +39,6 @@ class InitPlan(ProcessPlan):
     readonly_paths: list = field(default_factory=list)
     sysctl: dict = field(default_factory=dict)
     cgroup_v1: list = field(default_factory=list)  # [hierarchy, its cgroup's directory, subsystems]
-
-    def wire(self) -> dict:
-        return {**ProcessPlan.wire(self), "bundle": self.bundle, "rootfs": self.rootfs,
-                "readonlyRoot": self.readonly_root, "rootfsPropagation": self.rootfs_propagation,
-                "hostname": self.hostname, "mounts": self.mounts, "devices": self.devices,
-                "maskedPaths": self.masked_paths, "readonlyPaths": self.readonly_paths,
-                "sysctl": self.sysctl, "cgroup_v1": self.cgroup_v1}
 
 
 def pid_namespace(plan: ProcessPlan) -> Optional[str]:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import os
 
 from gcs import linux
+from gcs.mountflags import MNT_DETACH, MS_BIND
 
 TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Optional
 
 NETNS_DIR = "/run/netns"
-MS_BIND = 0x1000
 
 
 class Netns:
@@ -63,7 +63,7 @@ class Netns:
 
 def _unmount(path: str) -> None:
     try:
-        linux.umount(path, linux.MNT_DETACH)
+        linux.umount(path, MNT_DETACH)
     except OSError:
         pass
     try:

@@ -14,6 +14,7 @@ from gcs.record import field, record as record_class
 
 from gcs import aio
 from gcs.log import log
+from gcs.mountflags import MS_BIND
 from gcs.protocol import hresult as hr
 from gcs.protocol.messages import ModifySettingsRequest
 from gcs.runtime import command
@@ -311,7 +312,7 @@ class Storage:
                     source = os.path.join(scratch, "bundle")
                     created += mounts.make_dirs(source, 0o755)
                     created += mounts.make_dirs(bundle, 0o755)
-                    mounts.mount(source, bundle, None, mounts.MS_BIND)
+                    mounts.mount(source, bundle, None, MS_BIND)
                     bundle_bind = bundle
                     self.bundle_binds.add(bundle)
             created += mounts.make_dirs(root, 0o755)

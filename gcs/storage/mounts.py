@@ -6,18 +6,9 @@ import errno
 import os
 
 from gcs import linux
+from gcs.mountflags import PROPAGATION_FLAGS
 from gcs.protocol import hresult as hr
 
-MS_BIND = 4096
-MS_SHARED = 1 << 20
-MS_SLAVE = 1 << 19
-MS_UNBINDABLE = 1 << 17
-PROPAGATION = {
-    "private": linux.MS_PRIVATE, "rprivate": linux.MS_PRIVATE | linux.MS_REC,
-    "shared": MS_SHARED, "rshared": MS_SHARED | linux.MS_REC,
-    "slave": MS_SLAVE, "rslave": MS_SLAVE | linux.MS_REC,
-    "unbindable": MS_UNBINDABLE, "runbindable": MS_UNBINDABLE | linux.MS_REC,
-}
 UMOUNT_ATTEMPTS = 5
 
 
@@ -48,7 +39,7 @@ def mount_disk(source: str, target: str, fstype: str, flags: int, data: str, opt
     mount(source, target, fstype, flags, data)
     try:
         for option in options:
-            flag = PROPAGATION.get(option)
+            flag = PROPAGATION_FLAGS.get(option)
             if flag is not None:
                 mount("", target, None, flag)
     except BaseException:

@@ -12,11 +12,10 @@ from __future__ import annotations
 import os
 import tempfile
 
-from gcs import linux
+from gcs.mountflags import MS_BIND, MS_RDONLY, MS_REMOUNT
 from gcs.storage import mounts
 
 MOUNT_DATA_LIMIT = 4000  # one page minus room for the kernel's own additions
-MS_REMOUNT = 32
 
 
 def overlay_options(layers: list[str], upper: str | None, work: str | None) -> str:
@@ -33,12 +32,12 @@ def _escape(path: str) -> str:
 
 def mount_overlay(target: str, layers: list[str], upper: str | None, work: str | None,
                   scratch_dir: str) -> None:
-    flags = 0 if upper else linux.MS_RDONLY
+    flags = 0 if upper else MS_RDONLY
     if len(layers) == 1 and not upper:
         # overlayfs wants two lower layers without an upper one; a read-only bind is the same view.
-        mounts.mount(layers[0], target, None, mounts.MS_BIND)
+        mounts.mount(layers[0], target, None, MS_BIND)
         try:
-            mounts.mount("", target, None, mounts.MS_BIND | MS_REMOUNT | linux.MS_RDONLY)
+            mounts.mount("", target, None, MS_BIND | MS_REMOUNT | MS_RDONLY)
         except BaseException:
             mounts.unmount(target)
             raise

@@ -22,9 +22,11 @@ import _socket  # not `socket`: its enums cost the spawner memory
 
 from gcs import fdpass, linux
 from gcs.containers import ocispec as oci
+from gcs.mountflags import (MNT_DETACH, MS_BIND, MS_MANDLOCK, MS_NOATIME, MS_NODEV, MS_NODIRATIME, MS_NOEXEC,
+                            MS_NOSUID, MS_PRIVATE, MS_RDONLY, MS_REC, MS_RELATIME, MS_REMOUNT, MS_SLAVE,
+                            MS_SYNCHRONOUS, PROPAGATION_FLAGS)
 from gcs.protocol import jsoncodec
 
-MNT_DETACH = 2
 DEV_NULL = os.makedev(1, 3)
 KEY_USR_SEARCH = 0x00080000  # runc's "newperms" for a container without a user namespace
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430  # unlockpt / ptsname (not in Python's termios)
@@ -114,7 +116,7 @@ def _mount_cgroup_v1(dest: str, flags: int, propagation: list[int], hierarchies:
     bound under its name (or, in its own cgroup namespace, the hierarchy mounted afresh),
     symlinks for co-mounted controllers. A read-only mount makes the hierarchies read-only;
     the tmpfs itself stays writable, as runc 1.1 leaves it."""
-    plain = oci.MS_NOSUID | oci.MS_NODEV | oci.MS_NOEXEC
+    plain = MS_NOSUID | MS_NODEV | MS_NOEXEC
     _make_target(dest, True)
     _mount("tmpfs", dest, "tmpfs", plain, "mode=755")
     for prop in propagation:
@@ -124,9 +126,9 @@ def _mount_cgroup_v1(dest: str, flags: int, propagation: list[int], hierarchies:
         os.makedirs(target, exist_ok=True)
         if own_ns:
             fs_source, data = ("systemd", "name=systemd") if name == "systemd" else ("cgroup", name)
-            _mount(fs_source, target, "cgroup", plain | (flags & oci.MS_RDONLY), data)
+            _mount(fs_source, target, "cgroup", plain | (flags & MS_RDONLY), data)
             continue
-        _bind(source, target, flags | oci.MS_REC, propagation)
+        _bind(source, target, flags | MS_REC, propagation)
     for name, _, _ in hierarchies:
         if "," in name:
             for part in name.split(","):
@@ -142,7 +144,7 @@ def _mount_entry(rootfs: str, m: dict, plan: dict) -> None:
     options = m.get("options") or []
     flags, propagation, data = oci.parse_mount_options(options)
     source = m.get("source") or kind
-    if kind == "bind" or flags & oci.MS_BIND:
+    if kind == "bind" or flags & MS_BIND:
         if not os.path.exists(source):
             raise ChildError(f"bind mount source {source} does not exist")
         _make_target(dest, os.path.isdir(source))
@@ -162,10 +164,10 @@ def _mount_entry(rootfs: str, m: dict, plan: dict) -> None:
 
 def _bind(source: str, dest: str, flags: int, propagation: list[int]) -> None:
     """A bind mount; its other flags (ro, nosuid...) only take with a remount."""
-    _mount(source, dest, None, oci.MS_BIND | (flags & oci.MS_REC), None)
-    extra = flags & ~(oci.MS_BIND | oci.MS_REC | oci.MS_REMOUNT)
+    _mount(source, dest, None, MS_BIND | (flags & MS_REC), None)
+    extra = flags & ~(MS_BIND | MS_REC | MS_REMOUNT)
     if extra:
-        _mount(None, dest, None, oci.MS_BIND | oci.MS_REMOUNT | extra, None)
+        _mount(None, dest, None, MS_BIND | MS_REMOUNT | extra, None)
     for prop in propagation:
         _mount(None, dest, None, prop, None)
 
@@ -209,7 +211,7 @@ def _pivot_root(rootfs: str) -> None:
         os.fchdir(old_root)  # so that "." names the old root, not the new one beneath it
     finally:
         os.close(old_root)
-    _mount(None, ".", None, oci.MS_SLAVE | oci.MS_REC, None)  # keep the unmount below private
+    _mount(None, ".", None, MS_SLAVE | MS_REC, None)  # keep the unmount below private
     linux.umount(".", MNT_DETACH)
     os.chdir("/")
 
@@ -217,9 +219,9 @@ def _pivot_root(rootfs: str) -> None:
 def _mask(path: str) -> None:
     try:
         if os.path.isdir(path):
-            linux.mount("tmpfs", path, "tmpfs", oci.MS_RDONLY, None)
+            linux.mount("tmpfs", path, "tmpfs", MS_RDONLY, None)
         else:
-            linux.mount("/dev/null", path, None, oci.MS_BIND, None)
+            linux.mount("/dev/null", path, None, MS_BIND, None)
     except OSError as err:
         if err.errno != errno.ENOENT:
             raise ChildError(f"mask {path}: {os.strerror(err.errno)}") from None
@@ -228,17 +230,17 @@ def _mask(path: str) -> None:
 def _mount_flags(path: str) -> int:
     """The flags a mount has now (statvfs), as mount(2) flags, so a remount keeps them."""
     st = os.statvfs(path).f_flag
-    flags = st & (oci.MS_NOSUID | oci.MS_NODEV | oci.MS_NOEXEC | oci.MS_SYNCHRONOUS | oci.MS_MANDLOCK
-                  | oci.MS_NOATIME | oci.MS_NODIRATIME)
+    flags = st & (MS_NOSUID | MS_NODEV | MS_NOEXEC | MS_SYNCHRONOUS | MS_MANDLOCK
+                  | MS_NOATIME | MS_NODIRATIME)
     if st & 4096:  # ST_RELATIME
-        flags |= oci.MS_RELATIME
+        flags |= MS_RELATIME
     return flags
 
 
 def _read_only(path: str) -> None:
     try:
-        linux.mount(path, path, None, oci.MS_BIND | oci.MS_REC, None)
-        linux.mount(None, path, None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY | _mount_flags(path), None)
+        linux.mount(path, path, None, MS_BIND | MS_REC, None)
+        linux.mount(None, path, None, MS_BIND | MS_REMOUNT | MS_RDONLY | _mount_flags(path), None)
     except OSError as err:
         if err.errno != errno.ENOENT:
             raise ChildError(f"make {path} read-only: {os.strerror(err.errno)}") from None
@@ -246,10 +248,10 @@ def _read_only(path: str) -> None:
 
 def _setup_rootfs(plan: dict) -> None:
     rootfs = plan["rootfs"]
-    propagation = oci.PROPAGATION_FLAGS.get(plan.get("rootfsPropagation") or "", oci.MS_SLAVE | oci.MS_REC)
-    _mount(None, "/", None, propagation | oci.MS_REC, None)
+    propagation = PROPAGATION_FLAGS.get(plan.get("rootfs_propagation") or "", MS_SLAVE | MS_REC)
+    _mount(None, "/", None, propagation | MS_REC, None)
     _parent_mount_private(rootfs)
-    _mount(rootfs, rootfs, None, oci.MS_BIND | oci.MS_REC, None)
+    _mount(rootfs, rootfs, None, MS_BIND | MS_REC, None)
     dev_is_tmpfs = False
     for m in plan["mounts"]:
         _mount_entry(rootfs, m, plan)
@@ -260,8 +262,8 @@ def _setup_rootfs(plan: dict) -> None:
     _pivot_root(rootfs)
     if plan["identity"]["cwd"] != "/":
         _make_cwd(plan["identity"]["cwd"])
-    if plan.get("readonlyRoot"):
-        _mount(None, "/", None, oci.MS_BIND | oci.MS_REMOUNT | oci.MS_RDONLY, None)
+    if plan.get("readonly_root"):
+        _mount(None, "/", None, MS_BIND | MS_REMOUNT | MS_RDONLY, None)
 
 
 def _make_cwd(cwd: str) -> None:
@@ -285,14 +287,14 @@ def _parent_mount_private(rootfs: str) -> None:
         if (rootfs == point or rootfs.startswith(point.rstrip("/") + "/")) and len(point) >= len(best):
             best, shared = point, any(f.startswith("shared:") for f in fields[6:])
     if shared:
-        _mount(None, best, None, oci.MS_PRIVATE, None)
+        _mount(None, best, None, MS_PRIVATE, None)
 
 
 def _protect_paths(plan: dict) -> None:
     """After sysctls are written (runc's order): read-only paths, then masked ones."""
-    for path in plan.get("readonlyPaths") or []:
+    for path in plan.get("readonly_paths") or []:
         _read_only(path)
-    for path in plan.get("maskedPaths") or []:
+    for path in plan.get("masked_paths") or []:
         _mask(path)
 
 
@@ -357,7 +359,7 @@ def _setup_terminal(sock_fd: int, console: bool) -> None:
     fcntl.ioctl(fd, termios.TIOCSCTTY, 0)
     if console and os.path.isdir("/dev"):
         _make_target("/dev/console", False)
-        _mount(slave_path, "/dev/console", None, oci.MS_BIND, None)
+        _mount(slave_path, "/dev/console", None, MS_BIND, None)
     for target in (0, 1, 2):
         os.dup2(fd, target)
     if fd > 2:
