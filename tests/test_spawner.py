@@ -58,3 +58,31 @@ def test_spawner_starts_answers_restarts_and_stops():
     assert lines[1] == "error 0x80004005 True True"
     assert lines[2] == "restarted True True"
     assert lines[3] == "stopped True True"
+
+
+def test_a_container_process_silent_during_setup_fails_the_request_in_bounded_time(monkeypatch):
+    """The native runtime's wait for a container process's setup report is bounded: a
+    process that never reports (a mount that hangs, say) fails its request."""
+    import os
+    import time
+
+    import pytest
+
+    from gcs import aio
+    from gcs.containers.native import runtime
+    from gcs.protocol import hresult as hr
+
+    monkeypatch.setattr(runtime, "SETUP_TIMEOUT", 0.2)
+    r, w = os.pipe2(os.O_CLOEXEC)  # the write end stays open and silent: a hung setup
+    try:
+        async def main():
+            started = time.monotonic()
+            with pytest.raises(hr.GcsError) as info:
+                await runtime._read_all(r, stop_at=b"R")
+            return time.monotonic() - started, str(info.value)
+
+        elapsed, message = aio.get_loop().run_until_complete(aio.spawn(main()))
+    finally:
+        os.close(r)
+        os.close(w)
+    assert elapsed < 2 and "did not finish setting up" in message

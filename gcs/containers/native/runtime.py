@@ -41,16 +41,32 @@ class InitHandle:
         self.start_w = self.err_r = -1
 
 
+# How long a container process may take to set up (mounts, devices, identity) or to exec:
+# a step that never ends (a hung mount, say) fails the request instead of holding it forever.
+SETUP_TIMEOUT = 60.0
+
+
 async def _read_all(fd: int, stop_at: bytes | None = None) -> bytes:
+    """What the container process reports on its error pipe, up to EOF (or `stop_at`),
+    within SETUP_TIMEOUT."""
     os.set_blocking(fd, False)
     data = b""
-    while True:
-        chunk = await aio.fd_read(fd, 4096)
-        if not chunk:
-            return data
-        data += chunk
-        if stop_at is not None and data.startswith(stop_at):
-            return data
+
+    async def read() -> bytes:
+        nonlocal data
+        while True:
+            chunk = await aio.fd_read(fd, 4096)
+            if not chunk:
+                return data
+            data += chunk
+            if stop_at is not None and data.startswith(stop_at):
+                return data
+
+    try:
+        return await aio.wait_for(read(), SETUP_TIMEOUT)
+    except aio.TimeoutError_:
+        raise hr.GcsError(hr.E_FAIL, f"the container process did not finish setting up within "
+                                     f"{SETUP_TIMEOUT:.0f}s") from None
 
 
 def _error_text(data: bytes) -> str:
@@ -246,7 +262,12 @@ class NativeRuntime:
                 handle.close()
                 await _kill_and_reap(child)
                 raise
-        ready = await _read_all(err_r, stop_at=b"R")
+        try:
+            ready = await _read_all(err_r, stop_at=b"R")
+        except BaseException:
+            handle.close()
+            await _kill_and_reap(child)
+            raise
         if ready != b"R":
             handle.close()
             await _kill_and_reap(child)
@@ -261,6 +282,9 @@ class NativeRuntime:
             os.close(handle.start_w)
             handle.start_w = -1
             data = await _read_all(handle.err_r)  # EOF without data: exec succeeded (close-on-exec)
+        except hr.GcsError:
+            handle.child.signal(9)  # stuck before its exec: it never will
+            raise
         finally:
             handle.close()
         if data:
@@ -282,6 +306,9 @@ class NativeRuntime:
             os.close(start_w)
         try:
             data = await _read_all(err_r)
+        except BaseException:
+            child.signal(9)  # stuck joining the container: it will not exec now
+            raise
         finally:
             aio.get_loop().forget_fd(err_r)
             os.close(err_r)
