@@ -1,9 +1,15 @@
 """A busybox rootfs on a pmem layer, an overlay from the storage layer, and helpers to drive
 containers over the bridge the way hcsshim's host does."""
+import contextlib
 import json
+import os
 
+from gcs.host.images import make_layer_image
+from gcs.host.launcher import LocalUvm
 from gcs.host.samples import busybox_rootfs, default_spec  # noqa: F401 - re-exported for the tests
 from gcs.protocol.ids import RequestId
+
+from storage_env import DeviceTree, Loops, agent_cgroups, host_mountinfo
 
 
 class Host:
@@ -90,3 +96,41 @@ def refused_sysctl_spec(key, kinds, rootfs):
         spec.pop("hostname")  # runc checks that first
     spec["linux"]["sysctl"] = {key: machine_sysctl(key)}
     return spec
+
+
+def busybox_layer(directory) -> str:
+    """A busybox rootfs made into an ext4 layer image in `directory`; returns its path."""
+    busybox_rootfs(os.path.join(directory, "rootfs"))
+    image = os.path.join(directory, "busybox.img")
+    make_layer_image(os.path.join(directory, "rootfs"), image)
+    return image
+
+
+@contextlib.contextmanager
+def local_host(tmp_path, runtime, layer_images):
+    """A local-mode agent with `layer_images` on pmem devices 0.. mounted at /run/layers/pN,
+    driven as a Host; afterwards nothing may be left: no agent, mount or cgroup."""
+    loops = Loops()
+    tree = DeviceTree(str(tmp_path), loops)
+    try:
+        for number, image in enumerate(layer_images):
+            tree.add_pmem(number, image)
+        uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", runtime]).start()
+    except BaseException:
+        loops.detach_all()
+        raise
+    agent, supervisor = uvm.agent_pid, uvm.proc.pid
+    h = Host(uvm)
+    h.runtime = runtime
+    try:
+        for number in range(len(layer_images)):
+            h.modify("VPMemDevice", {"DeviceNumber": number, "MountPath": f"/run/layers/p{number}"})
+        yield h
+    finally:
+        violations = list(uvm.bridge.violations)
+        uvm.stop()
+        loops.detach_all()
+        assert violations == []
+        assert not os.path.exists(f"/proc/{agent}")
+        assert "/run/gcs" not in host_mountinfo()
+        assert agent_cgroups(supervisor) == []

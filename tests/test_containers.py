@@ -7,50 +7,24 @@ import time
 import pytest
 
 from gcs.host.bridge_client import RpcError
-from gcs.host.images import make_layer_image
-from gcs.host.launcher import LocalUvm
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import RequestId
 
 from conftest import requires_root
-from containers_env import Host, busybox_rootfs, default_spec
-from storage_env import DeviceTree, Loops, agent_cgroups, host_mountinfo
+from containers_env import busybox_layer, default_spec, local_host
 
 pytestmark = requires_root
 
 
 @pytest.fixture(scope="module")
 def layer_image(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bb")
-    busybox_rootfs(str(root / "rootfs"))
-    image = str(root / "busybox.img")
-    make_layer_image(str(root / "rootfs"), image)
-    return image
+    return busybox_layer(tmp_path_factory.mktemp("bb"))
 
 
 @pytest.fixture(params=["native", "runc"])
 def host(request, tmp_path, layer_image):
-    loops = Loops()
-    tree = DeviceTree(str(tmp_path), loops)
-    tree.add_pmem(0, layer_image)
-    try:
-        uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", request.param]).start()
-    except BaseException:
-        loops.detach_all()
-        raise
-    agent, supervisor = uvm.agent_pid, uvm.proc.pid
-    h = Host(uvm)
-    try:
-        h.modify("VPMemDevice", {"MountPath": "/run/layers/p0"})
+    with local_host(tmp_path, request.param, [layer_image]) as h:
         yield h
-    finally:
-        violations = list(uvm.bridge.violations)
-        uvm.stop()
-        loops.detach_all()
-        assert violations == []
-        assert not os.path.exists(f"/proc/{agent}")
-        assert "/run/gcs" not in host_mountinfo()
-        assert agent_cgroups(supervisor) == []
 
 
 def run_container(host, cid, args, **process):

@@ -8,13 +8,12 @@ import time
 import pytest
 
 from gcs.host.bridge_client import RpcError
-from gcs.host.images import make_layer_image
 from gcs.host.launcher import LocalUvm
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import RequestId
 
 from conftest import requires_root
-from containers_env import Host, busybox_rootfs, default_spec
+from containers_env import Host, busybox_layer, default_spec
 from network_env import EchoServer, Net, adapter, start_agent
 from storage_env import DeviceTree, Loops
 
@@ -31,11 +30,7 @@ VIEWS = {}  # runtime -> what a container saw, for the differential test
 
 @pytest.fixture(scope="module")
 def layer_image(tmp_path_factory):
-    root = tmp_path_factory.mktemp("bbnet")
-    busybox_rootfs(str(root / "rootfs"))
-    image = str(root / "busybox.img")
-    make_layer_image(str(root / "rootfs"), image)
-    return image
+    return busybox_layer(tmp_path_factory.mktemp("bbnet"))
 
 
 @pytest.fixture

@@ -15,13 +15,12 @@ from gcs import linux
 from gcs.containers import ocispec
 from gcs.host.bridge_client import RpcError
 from gcs.host.images import make_layer_image
-from gcs.host.launcher import LocalUvm
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import RequestId
 
 from conftest import requires_root
-from containers_env import REFUSED_SYSCTLS, Host, busybox_rootfs, default_spec, machine_sysctl, refused_sysctl_spec
-from storage_env import DeviceTree, Loops, agent_cgroups, host_mountinfo
+from containers_env import (REFUSED_SYSCTLS, busybox_rootfs, default_spec, local_host, machine_sysctl,
+                            refused_sysctl_spec)
 
 pytestmark = requires_root
 DOTS = "../" * 8  # from a rootfs's etc/ (/run/gcs/c/<id>/rootfs/etc) well past the UVM's /
@@ -271,30 +270,8 @@ def layer_images(tmp_path_factory):
 
 @pytest.fixture(params=["native", "runc"])
 def host(request, tmp_path, layer_images):
-    loops = Loops()
-    tree = DeviceTree(str(tmp_path), loops)
-    try:
-        for number, image in enumerate(layer_images):
-            tree.add_pmem(number, image)
-        uvm = LocalUvm(str(tmp_path / "uvm"), extra_args=tree.args() + ["--runtime", request.param]).start()
-    except BaseException:
-        loops.detach_all()
-        raise
-    agent, supervisor = uvm.agent_pid, uvm.proc.pid
-    h = Host(uvm)
-    h.runtime = request.param
-    try:
-        for number in range(len(layer_images)):
-            h.modify("VPMemDevice", {"DeviceNumber": number, "MountPath": f"/run/layers/p{number}"})
+    with local_host(tmp_path, request.param, layer_images) as h:
         yield h
-    finally:
-        violations = list(uvm.bridge.violations)
-        uvm.stop()
-        loops.detach_all()
-        assert violations == []
-        assert not os.path.exists(f"/proc/{agent}")
-        assert "/run/gcs" not in host_mountinfo()
-        assert agent_cgroups(supervisor) == []
 
 
 def run(host, cid, spec, layer=0):

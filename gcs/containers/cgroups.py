@@ -329,24 +329,24 @@ def remove_tree(top: str, deadline: float, quiet: bool = False) -> None:
     """rmdir a cgroup subtree, deepest first; a cgroup whose last processes are still
     exiting is busy for a moment, so retry that until `deadline` (time.monotonic). Blocks:
     for shutdown, when the event loop no longer runs (else `remove_tree_async`)."""
-    pending = _subtree(top)
-    while pending:
-        pending, err = _rmdirs(pending)
-        if pending and _past(deadline, pending, err, quiet):
-            return
-        if pending:
-            time.sleep(0.01)
+    for _ in _removal(top, deadline, quiet):
+        time.sleep(0.01)
 
 
 async def remove_tree_async(top: str, deadline: float, quiet: bool = False) -> None:
     """remove_tree, waiting between retries on the event loop instead of sleeping."""
+    for _ in _removal(top, deadline, quiet):
+        await aio.sleep(0.01)
+
+
+def _removal(top: str, deadline: float, quiet: bool):
+    """The removal, yielding each time it must wait before the busy cgroups are retried."""
     pending = _subtree(top)
     while pending:
         pending, err = _rmdirs(pending)
-        if pending and _past(deadline, pending, err, quiet):
+        if not pending or _past(deadline, pending, err, quiet):
             return
-        if pending:
-            await aio.sleep(0.01)
+        yield
 
 
 def _subtree(top: str) -> list[str]:
