@@ -1,12 +1,15 @@
 # Set-up is part of every entry point: a fresh Debian machine needs nothing else.
-PYTHON ?= $(shell command -v python3)
-PY := $(shell $(PYTHON) -c 'import sys; print(sys.executable)')
+# PYTHON: the interpreter the venv is made from (any 3.11+; default Debian's /usr/bin/python3
+# where it exists, else python3 on PATH). Everything then runs the venv's own interpreter.
+PYTHON ?= $(firstword $(wildcard /usr/bin/python3) $(shell command -v python3))
+VENV ?= .venv
+PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
 .PHONY: run test bench deps lint clean
 
 run: deps
-	$(PY) -m gcs.host.cli demo
+	$(VENV)/bin/gcsctl demo
 
 test: deps
 	$(PY) -m pytest -q -p no:cacheprovider tests
@@ -15,7 +18,7 @@ bench: deps
 	$(PY) -m bench
 
 deps:
-	@bash scripts/deps.sh "$(PY)"
+	@bash scripts/deps.sh "$(PYTHON)" "$(VENV)"
 
 clean:
 	rm -rf .pytest_cache build *.egg-info

@@ -7,6 +7,12 @@ import sys
 from gcs import flags
 from gcs.sitepaths import add_site_packages
 
+TYPE_CHECKING = False
+if TYPE_CHECKING:  # annotations only: `socket` costs start-up time under TCG
+    import socket
+
+    from vmbus.transport import Transport
+
 LOG_FLUSH_TIMEOUT = 1.0  # seconds the exit waits for a log reader that is behind
 
 
@@ -23,6 +29,42 @@ class NoTransport:
 
     async def accept(self, listener):
         raise OSError(107, "no transport configured")
+
+
+class _Listening:
+    """--bridge-listen: the host's connections on our listener, until a signal stops the
+    wait; the socket file the listener made is removed when the agent ends."""
+
+    def __init__(self, listener: socket.socket) -> None:
+        self.listener = listener
+        self.name = listener.getsockname()  # a path for a Unix socket, an address tuple for vsock
+        from gcs import aio
+        self._stopped = aio.Event()
+
+    async def accept(self, transport: Transport) -> socket.socket:
+        from gcs import aio
+        accepting = aio.spawn(transport.accept(self.listener), "bridge-accept")
+        stopped = aio.spawn(self._stopped.wait(), "bridge-accept-stop")
+        try:
+            await aio.wait_any(accepting, stopped)
+        finally:
+            stopped.cancel()
+        if not accepting.done():
+            accepting.cancel()
+            raise EOFError  # stopped: ends the bridge's loop as the end of stdio does
+        return accepting.result()
+
+    def stop(self) -> None:
+        if not self._stopped.is_set():
+            self._stopped.set()
+
+    def close(self) -> None:
+        self.listener.close()
+        if isinstance(self.name, str) and self.name:
+            try:
+                os.unlink(self.name)
+            except OSError:
+                pass
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -81,9 +123,10 @@ def main(argv: list[str] | None = None) -> None:
             return Conn(0, 1, label="stdio")
     elif opts.bridge_listen is not None:
         listener = transport.listen(opts.bridge_listen)
+        listening = _Listening(listener)
 
         async def connect() -> Conn:
-            sock = await transport.accept(listener)
+            sock = await listening.accept(transport)
             return Conn.from_socket(sock, f"{transport.name}:listen:{opts.bridge_listen}")
     else:
         async def connect() -> Conn:
@@ -105,6 +148,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def on_term(signum: int) -> None:
         log.info("terminating on signal", signal=signum)
+        if opts.bridge_listen is not None:
+            listening.stop()  # no host to flush to while waiting for one: end the wait
         on_shutdown("signal")
 
     import _signal
@@ -130,6 +175,8 @@ def main(argv: list[str] | None = None) -> None:
     if profiler is not None:
         profiler.disable()
         profiler.dump_stats(profile_path)
+    if opts.bridge_listen is not None:
+        listening.close()
     agent.teardown()
     kind = shutdown_kind[0] if shutdown_kind else "bridge closed"
     log.info("gcs exiting", reason=kind)

@@ -59,3 +59,21 @@ def uvm_stdio(tmp_path):
 def read_log(u: LocalUvm) -> str:
     with open(u.log_path) as f:
         return f.read()
+
+
+def installed_gcsctl() -> str:
+    """The `gcsctl` console script that set-up (`pip install -e .`) put beside this
+    interpreter: what a user runs, tested as such."""
+    path = os.path.join(os.path.dirname(sys.executable), "gcsctl")
+    if not os.access(path, os.X_OK):
+        pytest.fail(f"gcsctl is not installed beside {sys.executable}: run the tests with the venv's "
+                    "interpreter (`make test`, or .venv/bin/python -m pytest)")
+    return path
+
+
+def user_env(**extra: str) -> dict[str, str]:
+    """The environment of a user's shell: no PYTHONPATH (the Makefile exports one), no
+    GCSCTL_UVM, a terminal width the help text is compared at."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PYTHONSTARTUP", "GCSCTL_UVM")}
+    env.update(COLUMNS="100", **extra)
+    return env

@@ -1,11 +1,8 @@
 """`make run` as a user runs it: the demo boots a UVM under QEMU and runs a container from a
 busybox image in it; `demo --local` is the fallback where QEMU cannot run."""
 import subprocess
-import sys
 
-from gcs.host.launcher import agent_env
-
-from conftest import requires_root
+from conftest import installed_gcsctl, requires_root, user_env
 from uvm_env import build_image, requires_qemu
 
 pytestmark = requires_root
@@ -14,7 +11,7 @@ pytestmark = requires_root
 @requires_qemu
 def test_demo_boots_a_uvm_and_runs_a_container(tmp_path):
     build_image()
-    r = subprocess.run([sys.executable, "-m", "gcs.host.cli", "--uvm", str(tmp_path / "uvm"), "demo"], env=agent_env(),
+    r = subprocess.run([installed_gcsctl(), "--uvm", str(tmp_path / "uvm"), "demo"], env=user_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     out = r.stdout
@@ -28,8 +25,11 @@ def test_demo_boots_a_uvm_and_runs_a_container(tmp_path):
 
 
 def test_local_demo(tmp_path):
-    r = subprocess.run([sys.executable, "-m", "gcs.host.cli", "demo", "--local"], env=agent_env(),
+    r = subprocess.run([installed_gcsctl(), "demo", "--local"], env=user_env(),
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr
     assert "local-mode agent negotiated protocol v4" in r.stdout
     assert "hello from container ctr" in r.stdout and "shutdown -> agent exited with 0" in r.stdout
+    # every figure says what it is: no line is a bare number
+    assert ", uid 0\n" in r.stdout and "processes in its pid namespace: " in r.stdout
+    assert not [line for line in r.stdout.splitlines() if line.strip().isdigit()], r.stdout

@@ -9,20 +9,19 @@ import re
 import signal
 import struct
 import subprocess
-import sys
 import termios
 import time
 
 import pytest
 
 from gcs.host.bridge_client import HostBridge
-from gcs.host.launcher import agent_env
 from gcs.host.oci import write_image
 from gcs.host.processes import ProcessClient
 from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import BRIDGE_PORT
 from vmbus.hybrid import host_listen, port_path
 
+from conftest import installed_gcsctl, user_env
 from test_gcsctl import _expect, _read_rest
 from uvm_env import IMAGE_DIR, blank_disk, build_image, requires_qemu
 
@@ -30,14 +29,12 @@ pytestmark = requires_qemu
 
 
 def gcsctl(uvm_dir, *args, timeout=240, **kw):
-    return subprocess.run([sys.executable, "-m", "gcs.host.cli", "--uvm", uvm_dir, *args], env=cli_env(),
+    return subprocess.run([installed_gcsctl(), "--uvm", uvm_dir, *args], env=cli_env(),
                           capture_output=True, timeout=timeout, **kw)
 
 
 def cli_env():
-    env = agent_env()
-    env["GCSCTL_CACHE"] = CACHE[0]
-    return env
+    return user_env(GCSCTL_CACHE=CACHE[0])
 
 
 CACHE = [""]
@@ -75,10 +72,10 @@ def image(tmp_path_factory):
 
 def on_pty(argv, rows=24, cols=80):
     """argv on a new pty of the given size; returns (pid, master fd)."""
+    path, env = installed_gcsctl(), cli_env()
     pid, fd = pty.fork()
     if pid == 0:
-        os.environ.update(cli_env())
-        os.execv(sys.executable, [sys.executable, "-m", "gcs.host.cli", *argv])
+        os.execve(path, [path, *argv], env)
     fcntl.ioctl(fd, termios.TIOCSWINSZ, struct.pack("HHHH", rows, cols, 0, 0))
     return pid, fd
 
@@ -93,6 +90,11 @@ def finish(pid, fd):
 
 def test_run_like_docker_run(up, image):
     r = gcsctl(up, "run", image, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
+    assert (r.returncode, r.stdout) == (3, b"out\n") and r.stderr.endswith(b"\nerr\n"), r.stderr
+    progress = r.stderr.decode().splitlines()[:-1]  # the layer's conversion, the first time
+    assert progress[0].startswith("unpacking layer ") and progress[-1].startswith("writing the ext4 image of layer ")
+    assert all(line.startswith(("unpacking layer ", "writing the ext4 image")) for line in progress), progress
+    r = gcsctl(up, "run", "-q", image, "--", "sh", "-c", "echo out; echo err >&2; exit 3")
     assert (r.returncode, r.stdout, r.stderr) == (3, b"out\n", b"err\n")
     r = gcsctl(up, "run", "-i", "-e", "WHO=world", image, "--", "sh", "-c", "tr a-z A-Z; echo $WHO",
                input=b"hello\n")
@@ -136,6 +138,39 @@ def test_exec_ps_stacks_logs(up):
     assert r.returncode == 0 and b"thread MainThread" in r.stdout
     r = gcsctl(up, "logs")
     assert r.returncode == 0 and re.search(rb"^\d\d:\d\d:\d\d\.\d{3} INFO gcs started", r.stdout, re.M)
+
+
+def test_ps_of_one_container(up, image):
+    """`gcsctl ps --container ID`: that container's processes (its own ps), a container
+    named with `run --name`; the UVM's ps shows them among the rest."""
+    run = subprocess.Popen([installed_gcsctl(), "--uvm", up, "run", "--name", "pstest", image, "--", "sleep", "300"],
+                           env=cli_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            r = gcsctl(up, "ps", "--container", "pstest")
+            if r.returncode == 0:
+                break
+            assert run.poll() is None and time.monotonic() < deadline, (r.stderr, run.poll())
+            time.sleep(0.5)
+        lines = r.stdout.decode().splitlines()
+        assert lines[0].split() == ["UID", "PID", "PPID", "STAT", "TTY", "RSS", "CMD"], lines
+        rows = [line.split(None, 6) for line in lines[1:]]
+        assert ["1", "sleep 300"] == [rows[0][1], rows[0][6]], lines  # pid 1 of its own namespace
+        assert not any("/bin/gcs" in row[6] for row in rows), lines
+        r = gcsctl(up, "ps")
+        assert b" sleep 300\n" in r.stdout and re.search(rb"python3.11 -SE /bin/gcs -v4", r.stdout)
+    finally:
+        run.send_signal(signal.SIGTERM)  # passed on to the init, killed when it does not exit
+        try:
+            code = run.wait(120)
+        except subprocess.TimeoutExpired:
+            run.kill()
+            run.wait()
+            raise
+    assert code in (128 + signal.SIGTERM, 128 + signal.SIGKILL), run.stderr.read()
+    r = gcsctl(up, "ps", "--container", "pstest")
+    assert r.returncode != 0 and r.stderr.count(b"\n") == 1 and r.stderr.startswith(b"gcsctl ps: "), r.stderr
 
 
 def test_hotadd_and_hotremove_a_scsi_disk(up, tmp_path):

@@ -50,10 +50,10 @@ def uvm_demo(uvm_dir: str | None = None) -> int:
         print("== QEMU is not installed here (qemu-system-x86_64): the local-mode demo instead")
         return local_demo()
     print("== building the UVM image (Debian kernel + initrd with the agent as /bin/gcs)", flush=True)
-    from gcs.host.cli import ensure_image
+    from gcs.host.cli import CliError, ensure_image
     try:
         ensure_image(IMAGE_DIR)
-    except SystemExit as err:
+    except CliError as err:
         print(f"== {err}: the local-mode demo instead")
         return local_demo()
     image = demo_image()
@@ -127,7 +127,7 @@ def local_demo() -> int:
         try:
             print(f"== local-mode agent negotiated protocol v4 in {(time.monotonic() - t0) * 1000:.0f} ms")
             assert uvm.client is not None and uvm.bridge is not None
-            out, err, code = uvm.client.run(["sh", "-c", "echo hello from the UVM: $(uname -sr); id -u"])
+            out, err, code = uvm.client.run(["sh", "-c", "echo hello from the UVM: $(uname -sr), uid $(id -u)"])
             print(f"== exec in the UVM -> exit {code}\n{out.decode()}{err.decode()}", end="")
             sleeper = uvm.client.exec(["sleep", "30"])
             out, _, _ = uvm.client.run(["ps", "-o", "pid,ppid,stat,args"])
@@ -145,7 +145,9 @@ def local_demo() -> int:
                                       "Layers": [{"Path": "/run/layers/p0"}],
                                       "ScratchPath": "/run/gcs/c/demo/scratch/demo"})
             spec = default_spec(["sh", "-c", "echo hello from container $(hostname), pid $$; "
-                                             "grep CapEff /proc/self/status; ls /proc | grep -c '^[0-9]'"], rootfs)
+                                             "grep CapEff /proc/self/status; "
+                                             "echo processes in its pid namespace: $(ls /proc | grep -c '^[0-9]')"],
+                                 rootfs)
             config = {"SchemaVersion": {"Major": 2, "Minor": 1}, "OciBundlePath": "/run/gcs/c/demo",
                       "OciSpecification": spec, "ScratchDirPath": "/run/gcs/c/demo/scratch/demo"}
             uvm.bridge.known_containers.add("demo")

@@ -20,6 +20,7 @@ import zlib
 from typing import IO
 
 from gcs.host.oci import ImageError, Layer
+from gcs.host.progress import Counting, Progress
 
 BLOCK = 4096
 MIB = 1 << 20
@@ -30,8 +31,9 @@ OPAQUE = ".wh..wh..opq"
 WHITEOUT = ".wh."
 
 
-def layer_image(layer: Layer, cache_dir: str) -> str:
-    """`<cache_dir>/<digest-hex>.ext4` for `layer`, built on first use."""
+def layer_image(layer: Layer, cache_dir: str, progress: "Progress | None" = None) -> str:
+    """`<cache_dir>/<digest-hex>.ext4` for `layer`, built on first use (what it is doing and
+    how far on `progress`, when given)."""
     algo, _, hexd = layer.digest.partition(":")
     if algo != "sha256" or not re.fullmatch(r"[0-9a-f]{64}", hexd):
         raise ImageError(f"layer {layer.digest}: not a sha256 digest")
@@ -46,9 +48,17 @@ def layer_image(layer: Layer, cache_dir: str) -> str:
         tree = os.path.join(work, "root")
         os.mkdir(tree, 0o755)
         with layer.open() as stream:
+            if progress is not None:
+                # the tar's own size is known only when the blob is not compressed
+                progress.step(f"unpacking layer {hexd[:12]}", layer.size if layer.compression == "tar" else None)
+                stream = Counting(stream, progress)  # type: ignore[assignment]
             unpack(stream, tree, f"layer {layer.digest}")
         image = os.path.join(work, "image.ext4")
+        if progress is not None:
+            progress.step(f"writing the ext4 image of layer {hexd[:12]}")
         build_ext4(tree, image, f"layer {layer.digest}")
+        if progress is not None:
+            progress.end()
         os.replace(image, final)
     finally:
         shutil.rmtree(work, ignore_errors=True)

@@ -20,6 +20,7 @@ from gcs.host.bridge_client import HostBridge, RpcError
 from gcs.host.broker import DeviceClient
 from gcs.host.layers import layer_image
 from gcs.host.oci import ImageConfig, ImageError, open_image, process_args
+from gcs.host.progress import Progress
 from gcs.host.samples import default_spec
 from gcs.protocol.ids import RequestId
 
@@ -42,6 +43,7 @@ class RunOptions:
     user: str = ""
     hostname: str = ""
     scratch_size: int = SCRATCH_SIZE
+    name: str = ""  # the container's id (docker run --name); random when empty
 
 
 def container_spec(config: ImageConfig, opts: RunOptions, rootfs: str) -> dict[str, Any]:
@@ -85,10 +87,11 @@ class ContainerRun:
     """One container's life in a UVM (the parts of hcsshim's shim that talk to the guest)."""
 
     def __init__(self, bridge: HostBridge, devices: DeviceClient, uvm_dir: str, opts: RunOptions,
-                 report: Callable[[str], None]) -> None:
+                 report: Callable[[str], None], progress: Optional[Progress] = None) -> None:
         self.bridge, self.devices, self.uvm_dir, self.opts = bridge, devices, uvm_dir, opts
         self.report = report
-        self.id = secrets.token_hex(16)
+        self.progress = progress  # layer conversion shows how far it is there
+        self.id = opts.name or secrets.token_hex(16)
         self.bundle = f"/run/gcs/c/{self.id}"
         self.rootfs = f"{self.bundle}/rootfs"
         self.steps = Steps()
@@ -102,7 +105,7 @@ class ContainerRun:
         """Layers, scratch and rootfs; returns the OCI spec. Raises with a clear message."""
         t0 = time.monotonic()
         image = open_image(self.opts.image)
-        paths = [layer_image(layer, cache_dir()) for layer in image.layers]
+        paths = [layer_image(layer, cache_dir(), self.progress) for layer in image.layers]
         self.timings["layers"] = time.monotonic() - t0
         mounted = [self._attach_layer(path, i) for i, path in enumerate(paths)]
         self._attach_scratch()
