@@ -3,6 +3,7 @@ veth ends stand in for hot-added NICs (found by MAC), their peers sit in a names
 made, and containers of both runtimes reach them (ping, TCP) through the pod namespace."""
 import os
 import re
+import sys
 import time
 
 import pytest
@@ -150,6 +151,17 @@ def test_agent_loads_pyroute2_only_when_networking_is_used(native):
     native.modify("Network", adapter("aa", mac, "bb", [("10.9.9.9", 24)]))
     assert state(native)["network_loaded"] == 1
     native.modify("Network", {"NamespaceID": "aa", "ID": "bb"}, "Remove")
+
+
+def test_pyroute2_found_without_importing_it_even_sourceless(tmp_path, monkeypatch):
+    """The UVM image has bytecode only (pyroute2/__init__.pyc): still found, still not imported."""
+    from gcs import network
+    monkeypatch.delitem(sys.modules, "pyroute2", raising=False)
+    monkeypatch.setattr(sys, "path", [str(tmp_path)])
+    assert not network.pyroute2_present()
+    (tmp_path / "pyroute2").mkdir()
+    (tmp_path / "pyroute2" / "__init__.pyc").write_bytes(b"")
+    assert network.pyroute2_present() and "pyroute2" not in sys.modules
 
 
 def test_negotiate_advertises_networking_only_where_it_works(net, tmp_path):

@@ -8,6 +8,9 @@ the part HCS plays on Windows before the host sends ModifySettings.
   keeps its image and is reused when that image is attached again.
 * SCSI: a raw `blockdev` and a `scsi-hd` at (controller, lun) of the virtio-scsi HBA `scsi<C>`;
   unplugged again after the guest let go of it (SCSIDevice Remove).
+* NICs: a `user` netdev with `restrict=on` (QEMU user networking, never a tap or bridge) and a
+  `virtio-net-pci` with the NIC's MAC on a free `nicport<N>` root port (QemuUvm(nic_slots=N));
+  the host then sends Network Add naming that MAC.
 """
 from __future__ import annotations
 
@@ -58,6 +61,7 @@ class Hotplug:
         self.controllers = controllers
         self.pmem: dict[int, PmemSlot] = {}
         self.scsi: dict[tuple[int, int], ScsiDisk] = {}
+        self.nics: dict[str, str] = {}  # hot-plugged NIC id -> its root port
 
     def _cmd(self, name: str, **args: object) -> object:
         from qemu.qmp import QMPError
@@ -155,6 +159,46 @@ class Hotplug:
             if event and event.get("event") == "DEVICE_DELETED" and \
                     (event.get("data") or {}).get("device") == device_id:
                 return
+
+    # --- NICs ------------------------------------------------------------------------------
+    nic_slots = 0  # root ports nicport0.. (QemuUvm(nic_slots=N)); set by the launcher
+
+    def add_nic(self, nic) -> str:
+        """Hot-plug a `gcs.host.qemu.UserNic` (user networking, restrict=on) on a free NIC root
+        port; returns the port's id."""
+        nics = self.nics
+        with self.lock:
+            if nic.id in nics:
+                raise HotplugError(f"NIC {nic.id} is already plugged")
+            free = [i for i in range(self.nic_slots) if f"nicport{i}" not in nics.values()]
+            if not free:
+                raise HotplugError(f"no free NIC root port (QemuUvm(nic_slots={self.nic_slots}))")
+            port = f"nicport{free[0]}"
+            netdev = {"type": "user", "id": nic.id, "restrict": True}
+            if nic.guestfwd:
+                netdev["guestfwd"] = [{"str": g} for g in nic.guestfwd]
+            if nic.hostfwd:
+                netdev["hostfwd"] = [{"str": h} for h in nic.hostfwd]
+            self._cmd("netdev_add", **netdev)
+            try:
+                self._cmd("device_add", driver="virtio-net-pci", netdev=nic.id, mac=nic.mac, id=f"{nic.id}-dev",
+                          romfile="", bus=port)
+            except HotplugError:
+                self._cmd("netdev_del", id=nic.id)
+                raise
+            nics[nic.id] = port
+            return port
+
+    def remove_nic(self, nic_id: str, timeout: float = UNPLUG_TIMEOUT) -> None:
+        """Unplug a hot-plugged NIC (the guest lets go of it: PCIe native hot-unplug)."""
+        nics = self.nics
+        with self.lock:
+            if nic_id not in nics:
+                raise HotplugError(f"no hot-plugged NIC {nic_id}")
+            self._cmd("device_del", id=f"{nic_id}-dev")
+            self._wait_deleted(f"{nic_id}-dev", timeout)
+            self._cmd("netdev_del", id=nic_id)
+            del nics[nic_id]
 
     # --- the VM ----------------------------------------------------------------------------
     def quit(self) -> None:

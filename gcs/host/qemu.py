@@ -18,7 +18,8 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Optional
+from dataclasses import dataclass
+from typing import Optional, Sequence
 
 from gcs.host.bridge_client import HostBridge
 from gcs.host.launcher import REPO_ROOT, BridgeHost, agent_env
@@ -43,6 +44,39 @@ INIT_ARGS = "-e 1 /bin/vsockexec -e 109 /bin/gcs -v4 -log-format json -loglevel 
 PMEM_SLOTS = 8      # PCIe root ports kept free for hot-added virtio-pmem devices
 KVM_TRIAL = 30.0    # seconds a KVM boot gets to reach the agent before TCG is tried
 SCSI_CONTROLLERS = 1
+NIC_PORT_CHASSIS = 64  # chassis numbers of the root ports kept free for hot-plugged NICs
+
+
+@dataclass(frozen=True)
+class UserNic:
+    """A virtio-net NIC on QEMU user networking (slirp) with `restrict=on`: the guest reaches
+    nothing outside but what `guestfwd` forwards ("tcp:GUEST_IP:PORT-cmd:PROGRAM ARGS" or
+    "...-tcp:127.0.0.1:PORT") and is reached only through `hostfwd` ("tcp:127.0.0.1:HPORT-:GPORT").
+    Never a tap or bridge. The guest side is slirp's: 10.0.2.15/24, gateway 10.0.2.2."""
+    mac: str
+    id: str = "net0"
+    guestfwd: tuple[str, ...] = ()
+    hostfwd: tuple[str, ...] = ()
+
+    def netdev_arg(self) -> str:
+        esc = [f.replace(",", ",,") for f in self.guestfwd]  # QEMU's option syntax doubles commas
+        return ",".join([f"user,id={self.id}", "restrict=on", *(f"hostfwd={h}" for h in self.hostfwd),
+                         *(f"guestfwd={g}" for g in esc)])
+
+    def device_arg(self, bus: str = "") -> str:
+        return (f"virtio-net-pci,netdev={self.id},mac={self.mac},id={self.id}-dev,romfile="
+                + (f",bus={bus}" if bus else ""))
+
+
+def nic_argv(nics: Sequence[UserNic], hotplug_slots: int) -> list[str]:
+    """QEMU arguments for the NICs present at boot and root ports for hot-plugged ones
+    (`Hotplug.add_nic`)."""
+    argv: list[str] = []
+    for nic in nics:
+        argv += ["-netdev", nic.netdev_arg(), "-device", nic.device_arg()]
+    for i in range(hotplug_slots):
+        argv += ["-device", f"pcie-root-port,id=nicport{i},bus=pcie.0,chassis={NIC_PORT_CHASSIS + i}"]
+    return argv
 
 
 class UvmError(Exception):
@@ -116,7 +150,8 @@ class QemuUvm(BridgeHost):
     def __init__(self, directory: str, image_dir: str = IMAGE_DIR, memory_mb: int = 512, cpus: int = 1,
                  accel: str = "auto", loglevel: str = "info", bridge: bool = True,
                  kernel_args: str = KERNEL_ARGS, init_args: Optional[str] = None,
-                 boot_timeout: float = 120.0) -> None:
+                 boot_timeout: float = 120.0,
+                 nics: Sequence[UserNic] = (), nic_slots: int = 0) -> None:
         self.dir = os.path.abspath(directory)
         self.image_dir = image_dir
         self.memory_mb, self.cpus = memory_mb, cpus
@@ -126,6 +161,7 @@ class QemuUvm(BridgeHost):
         self.kernel_args = kernel_args
         self.init_args = init_args if init_args is not None else INIT_ARGS.format(loglevel=loglevel)
         self.boot_timeout = boot_timeout
+        self.nics, self.nic_slots = tuple(nics), nic_slots  # NICs at boot; root ports for hot-plugged ones
         self.vsock_path = os.path.join(self.dir, "vsock")
         self.console_log = os.path.join(self.dir, "console.log")
         self.log_path = os.path.join(self.dir, "gcs.log")
@@ -249,6 +285,7 @@ class QemuUvm(BridgeHost):
         for i in range(PMEM_SLOTS):
             argv += ["-device", f"pcie-root-port,id=pmemport{i},bus=pcie.0,chassis={i + 1}"]
         argv += ["-kernel", kernel, "-initrd", initrd, "-append", f"{self.kernel_args} -- {self.init_args}"]
+        argv += nic_argv(self.nics, self.nic_slots)
         return argv
 
     def _start_qemu(self, kernel: str, initrd: str, accel: str) -> None:
@@ -267,6 +304,7 @@ class QemuUvm(BridgeHost):
             if os.path.exists(self.qmp_path):
                 try:
                     self.hotplug = Hotplug(self.qmp_path, self.dir)
+                    self.hotplug.nic_slots = self.nic_slots
                     return
                 except Exception:  # noqa: BLE001 - QEMU still starting, or already dying: look again
                     pass

@@ -13,7 +13,9 @@ def pyroute2_present() -> bool:
     """Whether pyroute2 could be imported, without importing it (start-up must not pay)."""
     if "pyroute2" in sys.modules:
         return True
-    return any(os.path.isfile(os.path.join(p or ".", "pyroute2", "__init__.py")) for p in sys.path)
+    # __init__.pyc alone in the UVM image (sourceless bytecode)
+    return any(os.path.isfile(os.path.join(p or ".", "pyroute2", init)) for p in sys.path
+               for init in ("__init__.py", "__init__.pyc"))
 
 
 def in_initial_netns() -> bool:

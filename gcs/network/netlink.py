@@ -8,7 +8,10 @@ from __future__ import annotations
 import os
 import socket
 
-from pyroute2 import IPRoute
+# From its submodule, not the package: in the UVM image pyroute2 0.7 ships without its
+# dist-info, so `import pyroute2` loads none of its entry points (NDB, IPDB, the CLI: sqlite3,
+# asyncio, ...) and the package namespace has no IPRoute (0.9 exports it either way).
+from pyroute2.iproute import IPRoute
 from pyroute2.netlink.exceptions import NetlinkError
 
 from gcs import linux
