@@ -199,6 +199,7 @@ class Containers:
         spec = c.spec
         linux, process = spec["linux"], spec["process"]
         namespaces = linux.get("namespaces") or []
+        seccomp_filter = self.seccomp_filter(spec)  # before anything is made: a bad profile fails here
         with open(os.path.join(c.bundle, "config.json"), "w") as f:
             f.write(jsoncodec.dumps(spec))  # json.dump streams through the pure-Python encoder: 10x slower
         devices = ocispec.device_rules(spec)  # checked for every runtime: a bad rule is E_INVALIDARG
@@ -209,7 +210,7 @@ class Containers:
         plan = InitPlan(
             id=c.id, process=process, identity=ocispec.identity(process, self.last_cap),
             namespaces=[(ns["type"], ns.get("path") or None) for ns in namespaces],
-            stdio=stdio.plan, cgroup_procs=procs,
+            stdio=stdio.plan, cgroup_procs=procs, seccomp=seccomp_filter,
             bundle=c.bundle, rootfs=rootfs,
             readonly_root=bool(spec["root"].get("readonly")),
             rootfs_propagation=linux.get("rootfsPropagation") or "",
@@ -237,6 +238,16 @@ class Containers:
             raise
         finally:
             stdio.child_fds.clear()
+
+    def seccomp_filter(self, spec: dict) -> dict:
+        """The compiled linux.seccomp for a plan of the native runtime ({}: none); runc
+        reads the profile from config.json itself. Compiled once per distinct profile."""
+        profile = (spec.get("linux") or {}).get("seccomp")
+        if not profile or not self.runtime.validates_specs:
+            return {}
+        from gcs.containers import seccomp  # the compiler and its tables: only once a spec has a profile
+
+        return seccomp.plan_filter(profile) or {}
 
     def _cgroup_placement(self, c: Container, cgroup: str,
                           devices: list) -> tuple[list[str], Optional[Callable[[int], None]]]:

@@ -115,6 +115,11 @@ RESOURCES = _obj(
              cpus="string", mems="string", idle=_I64),
     pids=_obj(limit=_I64), blockIO="object", hugepageLimits="array", network="object", rdma="object",
     unified=("map", "string"))
+SECCOMP = _obj(
+    defaultAction="string", defaultErrnoRet=_U32, architectures=_STRS, flags=_STRS, listenerPath="string",
+    listenerMetadata="string",
+    syscalls=("list", _obj(names=_STRS, action="string", errnoRet=_U32,
+                           args=("list", _obj(index=_U32, value=_U64, valueTwo=_U64, op="string")))))
 _ID_MAPS = ("list", _obj(containerID=_U32, hostID=_U32, size=_U32))
 SPEC = _obj(
     ociVersion="string", process=PROCESS, root=_obj(path="string", readonly="boolean"),
@@ -126,7 +131,7 @@ SPEC = _obj(
         uidMappings=_ID_MAPS, gidMappings=_ID_MAPS,
         devices=("list", _obj(("path", "type"), path="string", type="string", major=_U32, minor=_U32,
                               fileMode=_U32, uid=_U32, gid=_U32)),
-        cgroupsPath="string", resources=RESOURCES, sysctl=("map", "string"), seccomp="object",
+        cgroupsPath="string", resources=RESOURCES, sysctl=("map", "string"), seccomp=SECCOMP,
         rootfsPropagation="string", maskedPaths=_STRS, readonlyPaths=_STRS, mountLabel="string",
         intelRdt="object", personality="object"))
 
@@ -297,8 +302,6 @@ def unsupported_features(spec: dict) -> list[str]:
     for ns in linux.get("namespaces") or []:
         if ns.get("type") not in NAMESPACE_FLAGS:
             problems.append(f"{ns.get('type')} namespaces")
-    if linux.get("seccomp"):
-        problems.append("seccomp")
     if linux.get("uidMappings") or linux.get("gidMappings"):
         problems.append("user namespace id mappings")
     if linux.get("intelRdt"):

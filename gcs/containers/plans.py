@@ -20,6 +20,7 @@ class ProcessPlan:
     namespaces: list = field(default_factory=list)   # [kind, path or None (new)]
     stdio: dict = field(default_factory=dict)        # stdin/stdout/stderr fds or console_socket
     cgroup_procs: list = field(default_factory=list)  # cgroup.procs files it writes itself
+    seccomp: dict = field(default_factory=dict)      # {"prog": BPF bytes, "flags": int} (seccomp.plan_filter) or {}
 
     def wire(self) -> dict:
         """The plan as the spawner receives it (msgpack): its fields by name."""

@@ -49,7 +49,7 @@ class ContainerProcesses:
             plan = ProcessPlan(id=c.id, process=process, identity=ocispec.identity(process, host.last_cap),
                                namespaces=[(kind, f"/proc/{c.init.pid}/ns/{ocispec.NAMESPACE_FILES[kind]}")
                                            for kind in ocispec.NAMESPACE_FILES],
-                               stdio=stdio.plan)
+                               stdio=stdio.plan, seccomp=host.seccomp_filter(c.spec))
             cgroup = host.cgroup_of(c) if host.runtime.uses_agent_cgroups else ""  # runc places its own
             place = (lambda pid: host.cgroups.add_process(cgroup, pid)) if cgroup else None
             try:

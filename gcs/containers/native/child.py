@@ -10,11 +10,13 @@ Failures are reported to the agent as one JSON line on the error pipe.
 from __future__ import annotations
 
 import array
+import ctypes  # loaded by gcs.linux already
 import errno
 import fcntl
 import os
 import resource
 import stat
+import struct
 import termios
 
 import _prctl  # python-prctl's C layer
@@ -31,6 +33,11 @@ DEV_NULL = os.makedev(1, 3)
 KEY_USR_SEARCH = 0x00080000  # runc's "newperms" for a container without a user namespace
 TIOCSPTLCK, TIOCGPTN = 0x40045431, 0x80045430  # unlockpt / ptsname (not in Python's termios)
 DEFAULT_DEVICES = [("null", 1, 3), ("zero", 1, 5), ("full", 1, 7), ("random", 1, 8), ("urandom", 1, 9), ("tty", 5, 0)]
+PR_SET_SECCOMP, SECCOMP_MODE_FILTER, SECCOMP_SET_MODE_FILTER = 22, 2, 1
+_SYS_SECCOMP = {"x86_64": 317, "aarch64": 277}.get(os.uname().machine)
+_libc = ctypes.CDLL(None, use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+_libc.prctl.restype = ctypes.c_int
 DEV_SYMLINKS = [("fd", "/proc/self/fd"), ("stdin", "/proc/self/fd/0"), ("stdout", "/proc/self/fd/1"),
                 ("stderr", "/proc/self/fd/2"), ("ptmx", "pts/ptmx")]
 
@@ -376,13 +383,37 @@ def _lookup(program: str, env: dict[str, str]) -> str:
     raise ChildError(f"exec: {program!r}: executable file not found in $PATH")
 
 
-def _exec(program: tuple[str, list[str], dict[str, str]], err_w: int) -> None:
+def _exec(program: tuple[str, list[str], dict[str, str]], err_w: int, filtered: bool = False) -> None:
     """Never returns."""
     path, args, env = program
     try:
         os.execve(path, args, env)
     except OSError as err:
+        if filtered:  # as runc's init, started already: its words on the process's stderr, status 1
+            message = err.strerror[:1].lower() + err.strerror[1:]
+            try:
+                os.write(2, f"exec {path}: {message}\n".encode())
+            finally:
+                os._exit(1)
         _fail(err_w, f"exec {args[0]!r}: {err.strerror}", 127)
+
+
+def _install_seccomp(filt: dict) -> None:
+    """The agent's compiled filter (gcs.containers.seccomp), as runc loads one: prctl without
+    flags, seccomp(2) with them. Needs no_new_privs or CAP_SYS_ADMIN."""
+    prog = filt["prog"]
+    insns = ctypes.create_string_buffer(prog, len(prog))
+    fprog = ctypes.create_string_buffer(struct.pack("@H6xQ", len(prog) // 8, ctypes.addressof(insns)), 16)
+    if filt["flags"]:
+        if _SYS_SECCOMP is None:
+            raise ChildError(f"seccomp flags: not wired for {os.uname().machine}")
+        result = _libc.syscall(ctypes.c_long(_SYS_SECCOMP), ctypes.c_long(SECCOMP_SET_MODE_FILTER),
+                               ctypes.c_long(filt["flags"]), fprog)
+    else:
+        result = _libc.prctl(PR_SET_SECCOMP, ctypes.c_ulong(SECCOMP_MODE_FILTER), fprog, ctypes.c_ulong(0),
+                             ctypes.c_ulong(0))
+    if result != 0:  # TSYNC: a thread id, never here (this process has one thread)
+        raise ChildError(f"error loading seccomp filter into kernel: {os.strerror(ctypes.get_errno())}")
 
 
 def _set_oom_score(proc: dict) -> None:
@@ -390,7 +421,7 @@ def _set_oom_score(proc: dict) -> None:
         _write_file("/proc/self/oom_score_adj", str(proc["oomScoreAdj"]))
 
 
-def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
+def _become(ident: dict, seccomp: dict) -> tuple[str, list[str], dict[str, str]]:
     """rlimits, groups, user, capabilities, no_new_privs, cwd (all worked out by the agent,
     see ocispec.identity); returns what to exec. python-prctl's C layer is called directly:
     its Python wrappers would cost this process page faults."""
@@ -399,6 +430,10 @@ def _become(ident: dict) -> tuple[str, list[str], dict[str, str]]:
             resource.setrlimit(res, (soft, hard))
         except (OSError, ValueError) as err:  # e.g. a hard limit above the kernel's nr_open
             raise ChildError(f"setrlimit {res} ({soft}, {hard}): {err}") from None
+    if seccomp and not ident["no_new_privs"]:
+        # As runc: without no_new_privs loading a filter takes CAP_SYS_ADMIN, so it goes in
+        # before the user and capabilities change (with it: at start, just before exec).
+        _install_seccomp(seccomp)
     caps = ident["caps"]
     if caps is not None:
         for cap in caps["drop"]:
@@ -556,16 +591,19 @@ def _join_cgroups(plan: dict) -> None:
             raise ChildError(f"join cgroup {os.path.dirname(path)}: {err.strerror}") from None
 
 
-def _run(fds: dict, setup) -> None:
+def _run(fds: dict, setup, plan: dict) -> None:
     """A container process's whole life: setup() gets it ready and returns the program; then
     the go from the agent, then exec. Failures go to the agent on the error pipe."""
     err_w, start_r = fds["err"], fds["start"]
+    seccomp = plan.get("seccomp")
     try:
         program = setup()
         if os.read(start_r, 1) != b"S":
             os._exit(0)  # never started (deleted, or the agent gave up on it)
         os.close(start_r)
-        _exec(program, err_w)
+        if seccomp and plan["identity"]["no_new_privs"]:
+            _install_seccomp(seccomp)  # the last step: only execve runs under it here
+        _exec(program, err_w, filtered=bool(seccomp))
     except ChildError as err:
         _fail(err_w, str(err))
     except BaseException as err:  # noqa: BLE001
@@ -593,11 +631,11 @@ def init_main(plan: dict, fds: dict) -> None:
         _check_program(plan["process"])  # fail at create, as runc does, not at start
         _setup_stdio(plan["stdio"], console=True)
         _set_oom_score(plan["process"])
-        program = _become(plan["identity"])  # before start, as runc: its errors fail Create
+        program = _become(plan["identity"], plan.get("seccomp"))  # before start, as runc: its errors fail Create
         os.write(fds["err"], b"R")
         return program
 
-    _run(fds, setup)
+    _run(fds, setup, plan)
 
 
 def exec_main(plan: dict, fds: dict) -> None:
@@ -612,6 +650,6 @@ def exec_main(plan: dict, fds: dict) -> None:
         os.setsid()
         os.chdir("/")
         _setup_stdio(plan["stdio"])
-        return _become(plan["identity"])
+        return _become(plan["identity"], plan.get("seccomp"))
 
-    _run(fds, setup)
+    _run(fds, setup, plan)
