@@ -88,29 +88,37 @@ def start_agent(net, directory, extra_args, negotiate=True):
 
 
 class EchoServer:
-    """A TCP echo of one message per connection, listening in a namespace."""
+    """A TCP echo: "echo:" + the line each connection sends. It listens in network
+    namespace `netns`, or in the test's own (None: this machine's loopback, say)."""
 
-    def __init__(self, netns, address, port):
+    def __init__(self, netns, address, port=0):
         family = socket.AF_INET6 if ":" in address else socket.AF_INET
-        with in_netns(netns):
+        if netns is None:
             self.sock = socket.socket(family, socket.SOCK_STREAM)
+        else:
+            with in_netns(netns):
+                self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((address, port))
-        self.sock.listen(4)
-        self.sock.settimeout(20)
+        self.sock.listen(8)
+        self.port = self.sock.getsockname()[1]
+        self.peers = []
         self.thread = threading.Thread(target=self._serve, daemon=True)
         self.thread.start()
 
     def _serve(self):
         while True:
             try:
-                conn, _ = self.sock.accept()
+                conn, peer = self.sock.accept()
             except OSError:
                 return
+            self.peers.append(peer)
             with conn:
-                conn.settimeout(5)
+                conn.settimeout(20)
                 try:
-                    data = conn.recv(4096)
+                    data = b""
+                    while not data.endswith(b"\n") and (chunk := conn.recv(4096)):
+                        data += chunk
                     conn.sendall(b"echo:" + data)
                 except OSError:
                     pass

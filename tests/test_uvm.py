@@ -15,14 +15,13 @@ import time
 import pytest
 
 from gcs.host.bridge_client import RpcError
-from gcs.host.broker import InProcessDeviceClient
 from gcs.host.oci import ImageError, write_image
 from gcs.host.run import ContainerRun, RunOptions, wait_notification
 from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import RequestId
 from vmbus.hybrid import port_path
 
-from uvm_env import (TEST_INIT_ARGS, blank_disk, build_image, guest, layer, requires_qemu,
+from uvm_env import (TEST_INIT_ARGS, blank_disk, build_image, device_client, guest, layer, layer_cache, requires_qemu,
                      start_vm, stop_vm)
 
 pytestmark = requires_qemu
@@ -48,8 +47,6 @@ def oci_image(tmp_path_factory):
     """busybox plus a layer that deletes one file and replaces another; layer images are
     cached in a directory of the test's own."""
     d = tmp_path_factory.mktemp("image")
-    saved = os.environ.get("GCSCTL_CACHE")
-    os.environ["GCSCTL_CACHE"] = str(d / "cache")
     busybox_rootfs(str(d / "base"))
     top = d / "top"
     (top / "data").mkdir(parents=True)
@@ -59,18 +56,14 @@ def oci_image(tmp_path_factory):
     (d / "base" / "etc" / "motd").write_text("from the base layer\n")
     write_image(str(d / "img"), [str(d / "base"), str(top)],
                 {"Env": ["PATH=/bin", "GREETING=hello"], "Cmd": ["sh", "-c", "echo $GREETING"], "WorkingDir": "/data"})
-    yield str(d / "img")
-    if saved is None:
-        os.environ.pop("GCSCTL_CACHE", None)
-    else:
-        os.environ["GCSCTL_CACHE"] = saved
+    with layer_cache(d / "cache"):
+        yield str(d / "img")
 
 
 @pytest.fixture
 def devices(vm):
-    d = InProcessDeviceClient(vm)
-    yield d
-    d.close()
+    with device_client(vm) as d:
+        yield d
 
 
 def run_container(vm, devices, image, command, **kw):

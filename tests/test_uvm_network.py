@@ -10,7 +10,6 @@ and nothing of them left.
 """
 import json
 import os
-import socket
 import sys
 import textwrap
 import threading
@@ -18,7 +17,6 @@ import time
 
 import pytest
 
-from gcs.host.broker import InProcessDeviceClient
 from gcs.host.launcher import REPO_ROOT
 from gcs.host.oci import write_image
 from gcs.host.qemu import UserNic
@@ -26,7 +24,9 @@ from gcs.host.run import ContainerRun, RunOptions
 from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import RequestId
 
-from uvm_env import IMAGE_DIR, TEST_INIT_ARGS, build_image, guest, requires_qemu, start_vm, stop_vm
+from network_env import EchoServer
+from uvm_env import (IMAGE_DIR, TEST_INIT_ARGS, build_image, device_client, guest, layer_cache, requires_qemu,
+                     start_vm, stop_vm)
 
 pytestmark = requires_qemu
 
@@ -47,43 +47,9 @@ RELAY = textwrap.dedent('''\
 ''')
 
 
-class EchoListener:
-    """A TCP echo on 127.0.0.1 of this machine: "echo:" + what one connection sent."""
-
-    def __init__(self):
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(8)
-        self.port = self.sock.getsockname()[1]
-        self.peers = []
-        self.thread = threading.Thread(target=self._serve, daemon=True)
-        self.thread.start()
-
-    def _serve(self):
-        while True:
-            try:
-                conn, peer = self.sock.accept()
-            except OSError:
-                return
-            self.peers.append(peer)
-            with conn:
-                conn.settimeout(20)
-                try:
-                    data = b""
-                    while not data.endswith(b"\n") and (chunk := conn.recv(4096)):
-                        data += chunk
-                    conn.sendall(b"echo:" + data)
-                except OSError:
-                    pass
-
-    def close(self):
-        self.sock.close()
-        self.thread.join(5)
-
-
 @pytest.fixture(scope="module")
 def echo():
-    e = EchoListener()
+    e = EchoServer(None, "127.0.0.1")
     yield e
     e.close()
 
@@ -107,22 +73,16 @@ def vm(tmp_path_factory, echo):
 @pytest.fixture(scope="module")
 def oci_image(tmp_path_factory):
     d = tmp_path_factory.mktemp("netimage")
-    saved = os.environ.get("GCSCTL_CACHE")
-    os.environ["GCSCTL_CACHE"] = str(d / "cache")
     busybox_rootfs(str(d / "base"))
     write_image(str(d / "img"), [str(d / "base")], {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
-    yield str(d / "img")
-    if saved is None:
-        os.environ.pop("GCSCTL_CACHE", None)
-    else:
-        os.environ["GCSCTL_CACHE"] = saved
+    with layer_cache(d / "cache"):
+        yield str(d / "img")
 
 
 @pytest.fixture
 def devices(vm):
-    d = InProcessDeviceClient(vm)
-    yield d
-    d.close()
+    with device_client(vm) as d:
+        yield d
 
 
 def state(vm):

@@ -1,5 +1,6 @@
 """Helpers for the tests that run the agent in a QEMU guest (TCG here): the image, a UVM
 with finalizers, layer and disk images, and the broker's device service in-process."""
+import contextlib
 import os
 import shutil
 import subprocess
@@ -7,6 +8,7 @@ import sys
 
 import pytest
 
+from gcs.host.broker import InProcessDeviceClient
 from gcs.host.images import make_layer_image
 from gcs.host.launcher import REPO_ROOT
 from gcs.host.qemu import INIT_ARGS, QemuUvm
@@ -70,3 +72,27 @@ def guest(vm, script, **kw):
     """Run a shell script in the UVM; returns (stdout, stderr, exit code)."""
     out, err, code = vm.client.run(["sh", "-c", script], **kw)
     return out.decode(), err.decode(), code
+
+
+@contextlib.contextmanager
+def layer_cache(directory):
+    """gcsctl's layer cache (GCSCTL_CACHE) in `directory` for a while, then as it was."""
+    saved = os.environ.get("GCSCTL_CACHE")
+    os.environ["GCSCTL_CACHE"] = str(directory)
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("GCSCTL_CACHE", None)
+        else:
+            os.environ["GCSCTL_CACHE"] = saved
+
+
+@contextlib.contextmanager
+def device_client(vm):
+    """The VM's hot-plug operations, in this process (as the broker performs them)."""
+    client = InProcessDeviceClient(vm)
+    try:
+        yield client
+    finally:
+        client.close()
