@@ -9,6 +9,7 @@ exec, a run) can share one UVM at once. Stdio travels over hybrid vsock sockets
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import re
 import signal
@@ -446,12 +447,23 @@ def _log_line(line: bytes) -> str:
 
 # --- devices ------------------------------------------------------------------------------
 
-def cmd_hotadd(args: argparse.Namespace) -> int:
-    """Plug a disk into a running QEMU UVM (what HCS does before the host's ModifySettings)."""
+@contextlib.contextmanager
+def _broker_devices(uvm_dir: str):
+    """The broker's device channel of a running UVM; its refusals become one-line errors."""
     from gcs.host.broker import DeviceClient
 
-    client = DeviceClient(os.path.abspath(args.uvm))
+    client = DeviceClient(os.path.abspath(uvm_dir))
     try:
+        yield client
+    except RuntimeError as err:
+        raise CliError(str(err)) from None
+    finally:
+        client.close()
+
+
+def cmd_hotadd(args: argparse.Namespace) -> int:
+    """Plug a disk into a running QEMU UVM (what HCS does before the host's ModifySettings)."""
+    with _broker_devices(args.uvm) as client:
         if args.kind == "pmem":
             reply = client.call("pmem-add", image=args.image)
             client.call("pmem-settled")  # an outside host sends VPMemDevice Add before the next one
@@ -460,28 +472,17 @@ def cmd_hotadd(args: argparse.Namespace) -> int:
             reply = client.call("scsi-add", image=args.image, read_only=args.read_only,
                                 **({"lun": args.lun} if args.lun is not None else {}))
             print(f"SCSI Controller {reply['controller']} Lun {reply['lun']}")
-        return 0
-    except RuntimeError as err:
-        raise CliError(str(err)) from None
-    finally:
-        client.close()
+    return 0
 
 
 def cmd_hotremove(args: argparse.Namespace) -> int:
-    from gcs.host.broker import DeviceClient
-
     controller, _, lun = args.address.partition(":")
     if not (controller.isdigit() and lun.isdigit()):
         raise CliError(f"{args.address!r}: expected CONTROLLER:LUN, e.g. 0:1", 2)
-    client = DeviceClient(os.path.abspath(args.uvm))
-    try:
+    with _broker_devices(args.uvm) as client:
         client.call("scsi-remove", controller=int(controller), lun=int(lun))
         print(f"SCSI {controller}:{lun} unplugged")
-        return 0
-    except RuntimeError as err:
-        raise CliError(str(err)) from None
-    finally:
-        client.close()
+    return 0
 
 
 # --- images and the demo ------------------------------------------------------------------
