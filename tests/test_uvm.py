@@ -22,7 +22,7 @@ from gcs.protocol.ids import RequestId
 from vmbus.hybrid import port_path
 
 from uvm_env import (TEST_INIT_ARGS, blank_disk, build_image, device_client, guest, layer, layer_cache, requires_qemu,
-                     start_vm, stop_vm)
+                     running_vm, start_vm, stop_vm)
 
 pytestmark = requires_qemu
 ERROR_NOT_FOUND = 0x80070490
@@ -35,11 +35,8 @@ def image():
 
 @pytest.fixture(scope="module")
 def vm(image, tmp_path_factory):
-    u = start_vm(tmp_path_factory.mktemp("uvm"), init_args=TEST_INIT_ARGS, loglevel="debug")
-    try:
+    with running_vm(tmp_path_factory.mktemp("uvm"), init_args=TEST_INIT_ARGS, loglevel="debug") as u:
         yield u
-    finally:
-        stop_vm(u)
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from gcs.protocol.ids import RequestId
 
 from network_env import EchoServer
 from uvm_env import (IMAGE_DIR, TEST_INIT_ARGS, build_image, device_client, guest, layer_cache, requires_qemu,
-                     start_vm, stop_vm)
+                     running_vm)
 
 pytestmark = requires_qemu
 
@@ -61,13 +61,10 @@ def vm(tmp_path_factory, echo):
     relay = d / "relay.py"
     relay.write_text(RELAY)
     fwd = f"tcp:{FWD_IP}:{FWD_PORT}-cmd:{sys.executable} {relay} {echo.port}"
-    u = start_vm(d / "uvm", init_args=TEST_INIT_ARGS, loglevel="debug",
-                 nics=[UserNic(BOOT_MAC, id="net0", guestfwd=(fwd,))], nic_slots=1)
-    u.fwd = fwd
-    try:
+    with running_vm(d / "uvm", init_args=TEST_INIT_ARGS, loglevel="debug",
+                    nics=[UserNic(BOOT_MAC, id="net0", guestfwd=(fwd,))], nic_slots=1) as u:
+        u.fwd = fwd
         yield u
-    finally:
-        stop_vm(u)
 
 
 @pytest.fixture(scope="module")

@@ -96,3 +96,13 @@ def device_client(vm):
         yield client
     finally:
         client.close()
+
+
+@contextlib.contextmanager
+def running_vm(directory, **kw):
+    """A booted UVM (start_vm) for a while; stopped afterwards whatever happened."""
+    vm = start_vm(directory, **kw)
+    try:
+        yield vm
+    finally:
+        stop_vm(vm)

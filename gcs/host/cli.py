@@ -109,11 +109,16 @@ def _running_broker(uvm_dir: str) -> Optional[int]:
     return pid if _alive(pid) else None
 
 
-def cmd_start(args: argparse.Namespace) -> int:
-    uvm_dir = os.path.abspath(args.uvm)
+def _say_if_running(uvm_dir: str) -> bool:
     pid = _running_broker(uvm_dir)
     if pid:
         print(f"UVM already running (broker pid {pid})")
+    return bool(pid)
+
+
+def cmd_start(args: argparse.Namespace) -> int:
+    uvm_dir = os.path.abspath(args.uvm)
+    if _say_if_running(uvm_dir):
         return 0
     pid = _start_broker(uvm_dir, {"mode": "local", "loglevel": args.loglevel}, 60)
     print(f"local-mode UVM started (broker pid {pid}); UVM directory {uvm_dir}")
@@ -148,9 +153,7 @@ def cmd_up(args: argparse.Namespace) -> int:
     from gcs.host.qemu import IMAGE_DIR
 
     uvm_dir = os.path.abspath(args.uvm)
-    pid = _running_broker(uvm_dir)
-    if pid:
-        print(f"UVM already running (broker pid {pid})")
+    if _say_if_running(uvm_dir):
         return 0
     image = os.path.abspath(args.image or IMAGE_DIR)
     if not args.image:
