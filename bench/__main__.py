@@ -409,10 +409,11 @@ def main() -> int:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
         return 1
     print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
-    sections = set(sys.argv[1:]) or {"core", "storage", "containers", "vsock", "uvm"}
-    unknown = sections - {"core", "storage", "containers", "vsock", "uvm"}
+    known = ("core", "storage", "containers", "network", "vsock", "uvm")
+    sections = set(sys.argv[1:]) or set(known)
+    unknown = sections - set(known)
     if unknown:
-        print(f"unknown sections {sorted(unknown)}: choose from core storage containers vsock uvm", file=sys.stderr)
+        print(f"unknown sections {sorted(unknown)}: choose from {' '.join(known)}", file=sys.stderr)
         return 2
     with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
         if "core" in sections:
@@ -421,6 +422,9 @@ def main() -> int:
             bench_storage(tmp)
         if "containers" in sections:
             bench_containers(tmp)
+        if "network" in sections:
+            from bench.network import bench_network
+            bench_network(tmp, report, Agent)
         if "vsock" in sections:
             bench_vsock(tmp)
         if "uvm" in sections:

@@ -2,50 +2,21 @@
 a namespace of its own (the "UVM" namespace): the tests' NICs are veth ends there, found by
 MAC, and their peers sit in a peer namespace. Namespaces are held by fds only (no mounts,
 nothing in /run/netns): closing the fds frees them and the veths in them."""
-import contextlib
 import os
 import socket
 import threading
 
-from gcs import linux
 from gcs.host.launcher import LocalUvm
 from gcs.network.netlink import Netlink
-
-
-def new_netns():
-    """A new network namespace with lo up; returns its fd (this thread stays where it was)."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        linux.unshare(linux.CLONE_NEWNET)
-        try:
-            linux.loopback_up()
-            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-        finally:
-            linux.setns(own, linux.CLONE_NEWNET)
-    finally:
-        os.close(own)
-
-
-@contextlib.contextmanager
-def in_netns(fd):
-    """This thread in another network namespace for a while."""
-    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
-    try:
-        linux.setns(fd, linux.CLONE_NEWNET)
-        try:
-            yield
-        finally:
-            linux.setns(own, linux.CLONE_NEWNET)
-    finally:
-        os.close(own)
+from gcs.network.netns import anonymous, entered
 
 
 class Net:
     """The UVM namespace, a peer namespace, and veth pairs between them."""
 
     def __init__(self):
-        self.uvm = new_netns()
-        self.peer = new_netns()
+        self.uvm = anonymous()
+        self.peer = anonymous()
         self.count = 0
 
     def veth(self, peer_addrs=(), mac=None):
@@ -82,7 +53,7 @@ class Net:
 def start_agent(net, directory, extra_args, negotiate=True):
     """A local-mode agent whose network namespace is `net.uvm` (fork inherits this thread's)."""
     uvm = LocalUvm(directory, extra_args=extra_args)
-    with in_netns(net.uvm):
+    with entered(net.uvm):
         uvm.start(negotiate=negotiate)
     return uvm
 
@@ -96,7 +67,7 @@ class EchoServer:
         if netns is None:
             self.sock = socket.socket(family, socket.SOCK_STREAM)
         else:
-            with in_netns(netns):
+            with entered(netns):
                 self.sock = socket.socket(family, socket.SOCK_STREAM)
         self.sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         self.sock.bind((address, port))

@@ -43,22 +43,24 @@ def move_and_configure(uvm_fd: int, target_fd: Optional[int], index: int, name: 
             _step(f"move {name} into the pod namespace", uvm.move, index, target_fd)
         try:
             with Netlink(target_fd) as ns:
-                link = ns.by_name(name, index)
-                if link is None:
+                index = ns.index_of(name)  # the same unless taken there
+                if not index:
                     raise ConfigureError(f"find {name} after the move", OSError(errno.ENODEV, "no such device"))
-                index = link.index
-                configure(ns, link.index, link.mtu, name, adapter, plan, low_metric)
+                configure(ns, index, name, adapter, plan, low_metric)
                 return index
         except BaseException:
-            undo(uvm_fd, target_fd, index, name, plan)
+            undo(uvm_fd, target_fd, name, plan)
             raise
 
 
-def configure(ns: Netlink, index: int, mtu: int, name: str, adapter: NetworkAdapter, plan: addressing.Plan,
+def configure(ns: Netlink, index: int, name: str, adapter: NetworkAdapter, plan: addressing.Plan,
               low_metric: bool) -> None:
     if adapter.encap_overhead:
-        _step(f"set the MTU of {name} to {mtu - adapter.encap_overhead}", ns.set_mtu, index,
-              mtu - adapter.encap_overhead)
+        try:
+            mtu = ns.link(index).mtu - adapter.encap_overhead
+        except (NetlinkError, OSError, IndexError) as err:
+            raise ConfigureError(f"read the MTU of {name}", err) from None
+        _step(f"set the MTU of {name} to {mtu}", ns.set_mtu, index, mtu)
     if plan.addresses:
         _step(f"set {name} up", ns.set_up, index)
     table = 0
@@ -83,19 +85,19 @@ def configure(ns: Netlink, index: int, mtu: int, name: str, adapter: NetworkAdap
             _step(what, ns.add_route, index, r.family, r.dst, r.gateway, metric, table)
 
 
-def undo(uvm_fd: int, target_fd: Optional[int], index: int, name: str, plan: addressing.Plan) -> None:
+def undo(uvm_fd: int, target_fd: Optional[int], name: str, plan: addressing.Plan) -> None:
     """Best effort, for a failed or ended assignment: the link down, its addresses and rules
     gone, and back in the UVM namespace."""
     try:
         with Netlink(target_fd) as ns:
-            link = ns.by_name(name, index)
-            if link is None:
+            index = ns.index_of(name)
+            if not index:
                 return
-            ns.set_down(link.index)
-            ns.flush_addresses(link.index)
+            ns.set_down(index)
+            ns.flush_addresses(index)
             for a in plan.addresses:
                 ns.del_rules_from(a.family, a.address)
             if target_fd is not None:
-                ns.move(link.index, uvm_fd)
+                ns.move(index, uvm_fd)
     except (NetlinkError, OSError) as err:
         log.error("could not return an adapter to the UVM namespace", ifname=name, error=str(err))

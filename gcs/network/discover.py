@@ -13,7 +13,7 @@ TYPE_CHECKING = False
 if TYPE_CHECKING:
     from typing import Callable, Optional
 
-    from gcs.network.netlink import Link
+    from gcs.network.netlink import Link, Netlink
     from gcs.protocol.messages import NetworkAdapter
 
 POLL = 0.02  # seconds between looks while waiting
@@ -46,28 +46,28 @@ def vmbus_ifname(sys_root: str, instance_id: str, vpci: bool) -> str:
     return ""
 
 
-def pick(links: list[Link], adapter: NetworkAdapter, sys_root: str, taken: set[int]) -> Optional[Link]:
-    """The adapter's link among ours, if it is there yet."""
+def pick(nl: Netlink, adapter: NetworkAdapter, sys_root: str, taken: set[int]) -> Optional[Link]:
+    """The adapter's link among those of `nl`'s namespace, if it is there yet."""
     name = vmbus_ifname(sys_root, adapter.id, adapter.vpci_assigned) if adapter.id else ""
     if name:  # sysfs shows the namespace it was mounted in: the name must be one of ours too
-        for link in links:
-            if link.name == name and link.index not in taken:
-                return link
+        link = nl.by_name(name)
+        if link is not None and link.index not in taken:
+            return link
     mac = normal_mac(adapter.mac_address)
     if mac:
         # Stacked devices (VLANs, bridges, bonds) share their lower link's MAC: take the NIC itself.
-        found = [link for link in links if link.mac == mac and link.index not in taken
+        found = [link for link in nl.by_mac(mac) if link.index not in taken
                  and link.kind not in ("vlan", "macvlan", "ipvlan", "bridge", "bond")]
         if found:
             return found[0]
     return None
 
 
-async def find(list_links: Callable[[], list[Link]], adapter: NetworkAdapter, sys_root: str,
-               taken: Callable[[], set[int]], timeout: float) -> Link:
+async def find(nl: Netlink, adapter: NetworkAdapter, sys_root: str, taken: Callable[[], set[int]],
+               timeout: float) -> Link:
     deadline = time.monotonic() + timeout
     while True:
-        link = pick(list_links(), adapter, sys_root, taken())
+        link = pick(nl, adapter, sys_root, taken())
         if link is not None:
             return link
         if time.monotonic() >= deadline:

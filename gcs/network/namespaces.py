@@ -74,11 +74,13 @@ class Networks:
             self._uvm_fd = os.open("/proc/self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
         return self._uvm_fd
 
-    def _uvm_links(self):
+    @property
+    def uvm_netlink(self) -> Netlink:
+        """Netlink in the UVM namespace, for the event loop's thread (which never leaves it)."""
         if self._uvm_nl is None:
             from gcs.network.netlink import Netlink  # the first network request pays for pyroute2
-            self._uvm_nl = Netlink(None)  # used by this (the event loop's) thread only: pyroute2 0.9
-        return self._uvm_nl.links()       # sets its socket up per thread
+            self._uvm_nl = Netlink(None)
+        return self._uvm_nl
 
     @staticmethod
     def _load_pyroute2() -> None:
@@ -123,7 +125,7 @@ class Networks:
         try:
             if self._uvm_nl is None:
                 await aio.run_in_thread(self._load_pyroute2)
-            link = await discover.find(self._uvm_links, adapter, self.sys_root, self._taken, self.wait)
+            link = await discover.find(self.uvm_netlink, adapter, self.sys_root, self._taken, self.wait)
             async with self.lock:
                 self._check_new(ns, adapter)
                 nic = Nic(adapter, plan, link.name, link.index)
@@ -174,11 +176,9 @@ class Networks:
     async def _unassign(self, ns: PodNamespace, nic: Nic) -> None:
         from gcs.network import configure
         target = ns.netns.fd if ns.netns is not None else None
-        await aio.run_in_thread(configure.undo, self.uvm_fd, target, nic.index, nic.name, nic.plan)
+        await aio.run_in_thread(configure.undo, self.uvm_fd, target, nic.name, nic.plan)
         nic.assigned = False
-        link = next((link for link in self._uvm_links() if link.name == nic.name), None)
-        if link is not None:
-            nic.index = link.index
+        nic.index = self.uvm_netlink.index_of(nic.name) or nic.index
 
     # --- containers -------------------------------------------------------------------------------
     def resolv_conf(self, nsid: str) -> str:

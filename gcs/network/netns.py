@@ -3,6 +3,7 @@
 before or after the sandbox's init exists, and they outlive no DeleteContainerState."""
 from __future__ import annotations
 
+import contextlib
 import os
 
 from gcs import linux
@@ -59,6 +60,35 @@ class Netns:
         if self.owned:
             _unmount(self.path)
             self.owned = False
+
+
+def anonymous() -> int:
+    """A new namespace with `lo` up, held by the fd returned only (no mount): closing the fd
+    frees it and the links in it. This thread stays where it was."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.unshare(linux.CLONE_NEWNET)
+        try:
+            linux.loopback_up()
+            return os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(own)
+
+
+@contextlib.contextmanager
+def entered(fd: int):
+    """This thread in another network namespace for a while (what it starts is born there)."""
+    own = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        linux.setns(fd, linux.CLONE_NEWNET)
+        try:
+            yield
+        finally:
+            linux.setns(own, linux.CLONE_NEWNET)
+    finally:
+        os.close(own)
 
 
 def _unmount(path: str) -> None:
