@@ -56,20 +56,11 @@ def _network_refusal(local: bool) -> str:
     return ""
 
 
-def _nic_wait() -> float:
-    """How long a Network Add waits for its NIC (upstream: 5 s); GCS_NIC_WAIT overrides."""
-    import os
-    try:
-        return max(0.0, float(os.environ.get("GCS_NIC_WAIT", "5")))
-    except ValueError:
-        return 5.0
-
-
 class Agent:
     def __init__(self, transport, reaper: Reaper, on_shutdown: Callable[[str], None],
                  dev_root: str = "/", sys_root: str = "/", device_wait: float = 30.0,
                  notify: Callable[[dict], None] | None = None, runtime: str = "native",
-                 cgroup_base: str = "") -> None:
+                 cgroup_base: str = "", nic_wait: float = 5.0) -> None:
         self.transport = transport
         self.reaper = reaper
         self._processes: UvmProcessTable | None = None
@@ -78,6 +69,7 @@ class Agent:
         self._containers: Containers | None = None
         self._network: Networks | None = None
         self._sys_root = sys_root
+        self._nic_wait = nic_wait
         self.network_refused = _network_refusal(local=bool(cgroup_base))
         if self.network_refused:
             from gcs.protocol import replies
@@ -123,7 +115,8 @@ class Agent:
         """The network namespace records; pyroute2 itself loads with the first adapter."""
         if self._network is None:
             from gcs.network.namespaces import Networks
-            self._network = Networks(self._sys_root, _nic_wait(), refused=self.network_refused)
+            self._network = Networks(self.reaper, self._sys_root, self._nic_wait, refused=self.network_refused,
+                                     uvm_etc="" if self.cgroup_base else "/etc")  # never this machine's
         return self._network
 
     @property

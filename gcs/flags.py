@@ -34,6 +34,7 @@ class Options:
         self.dev_root = "/"
         self.sys_root = "/"
         self.device_wait = 30.0
+        self.nic_wait = 5.0  # upstream's NIC name resolution bound
         self.runtime = "native"
         # The Go GCS's defaults (cmd/gcs/main.go): what a UVM gets when the host gives none.
         self.kmsg_log_level = 4  # kmsg.Warning: relay kernel lines of priority <= 4
@@ -62,6 +63,7 @@ _FLAGS: dict[str, tuple[str, str]] = {
     "dev-root": ("dev_root", "str"),
     "sys-root": ("sys_root", "str"),
     "device-wait": ("device_wait", "float"),
+    "nic-wait": ("nic_wait", "float"),
     "runtime": ("runtime", "str"),
     # The Go GCS's: applied in a UVM after the first reply (gcs/uvmsetup.py); see no_effect().
     "kmsgLogLevel": ("kmsg_log_level", "uint"),
@@ -79,6 +81,7 @@ USAGE = """usage: python -m gcs [flags]
   --dev-root DIR --sys-root DIR             find /dev and /sys entries under DIR (default /)
   --runtime native|runc                     who creates containers (default: native)
   --device-wait SECONDS                     how long to wait for a hot-added device (default 30)
+  --nic-wait SECONDS                        how long a Network Add waits for its NIC (default 5)
   -loglevel LEVEL   -log-format json   -logfile PATH   -v4   --poweroff=false
   the Go GCS's, applied in a UVM only: -core-dump-location PATTERN   -kmsgLogLevel N (4)
       -root-mem-reserve-bytes N (75 MiB)   -gcs-mem-limit-bytes N (50 MiB: a warning above it)

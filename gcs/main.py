@@ -111,7 +111,8 @@ def main(argv: list[str] | None = None) -> None:
         bridge.stop_after_flush()
 
     agent = Agent(transport, reaper, on_shutdown, opts.dev_root, opts.sys_root, opts.device_wait,
-                  notify=lambda note: bridge.notify(note), runtime=opts.runtime, cgroup_base=cgroup_base)
+                  notify=lambda note: bridge.notify(note), runtime=opts.runtime, cgroup_base=cgroup_base,
+                  nic_wait=opts.nic_wait)
 
     if opts.bridge_stdio:
         used = [False]

@@ -107,6 +107,7 @@ def input_key(desc: dict) -> str:
     h = hashlib.sha256()
     own = [os.path.join("initrd", f) for f in ("build.py", "cpio.py", "debian.py", "elf.py", "uvm.toml", "uvm.lock")]
     own += [os.path.join("initrd", s) for s in desc["init"]["sources"]]
+    own += [os.path.join("initrd", s) for s in desc["init"].get("scripts", {}).values()]
     for rel in own + agent_files(desc):
         h.update(rel.encode() + b"\0")
         with open(os.path.join(REPO, rel), "rb") as f:
@@ -476,6 +477,10 @@ def build(out: str, force: bool = False, say: Progress | None = None) -> dict:
     programs = compile_c(desc["init"]["sources"], os.path.join(out, "init-bin"), say)
     shutil.copy2(programs["init"], os.path.join(root, "init"))
     shutil.copy2(programs["vsockexec"], os.path.join(root, "bin", "vsockexec"))
+    for target, source in desc["init"].get("scripts", {}).items():
+        os.makedirs(os.path.dirname(os.path.join(root, target)), exist_ok=True)
+        shutil.copy2(os.path.join(REPO, "initrd", source), os.path.join(root, target))
+        os.chmod(os.path.join(root, target), 0o755)
 
     busybox = os.path.join(root, "bin", "busybox")
     applets = subprocess.run([busybox, "--list-full"], capture_output=True, text=True, check=True).stdout.split()

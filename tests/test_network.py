@@ -3,6 +3,7 @@ veth ends stand in for hot-added NICs (found by MAC), their peers sit in a names
 made, and containers of both runtimes reach them (ping, TCP) through the pod namespace."""
 import os
 import re
+import subprocess
 import sys
 import time
 
@@ -44,12 +45,11 @@ def net():
 
 
 def _agent(request_param, tmp_path, layer_image, net, monkeypatch):
-    monkeypatch.setenv("GCS_NIC_WAIT", "1")
     loops = Loops()
     tree = DeviceTree(str(tmp_path), loops)
     tree.add_pmem(0, layer_image)
     try:
-        uvm = start_agent(net, str(tmp_path / "uvm"), tree.args() + ["--runtime", request_param])
+        uvm = start_agent(net, str(tmp_path / "uvm"), tree.args() + ["--runtime", request_param, "--nic-wait", "1"])
     except BaseException:
         loops.detach_all()
         raise
@@ -156,7 +156,6 @@ def test_agent_loads_pyroute2_only_when_networking_is_used(native):
 def test_netlink_imports_iproute_without_pyroute2s_entry_points_and_mocking_hook():
     """What the agent's first network request loads: IPRoute, not NDB/IPDB (sqlite3), not
     importlib.metadata's scan of every distribution, not unittest.mock (and asyncio with it)."""
-    import subprocess
     script = ("import sys; import gcs.network.netlink as n; nl = n.Netlink(None); names = [l.name for l in nl.links()]; "
               "nl.close(); print('lo' in names, sorted(m for m in ('asyncio', 'sqlite3', 'unittest.mock', "
               "'importlib.metadata', 'pyroute2.ndb', 'pyroute2.ipdb') if m in sys.modules))")
@@ -323,7 +322,7 @@ def expect_error(h, settings, hresult, request_type="Add"):
 def test_bad_input(native):
     net = native.net
     mac, nic = net.veth()
-    # unknown adapter: a bounded wait (GCS_NIC_WAIT=1 here; 5 s by default), then a clear error
+    # unknown adapter: a bounded wait (--nic-wait 1 here; 5 s by default), then a clear error
     t = time.monotonic()
     text = expect_error(native, adapter(NSID, "02:00:00:00:00:99", "missing", POD), hr.E_FAIL)
     assert 0.9 < time.monotonic() - t < 3 and "not found within 1 s" in text
@@ -334,8 +333,6 @@ def test_bad_input(native):
     expect_error(native, adapter(NSID, mac, "bad", POD, [("10.0.0.0/40", "10.0.0.1", 0)]), hr.E_INVALIDARG)
     expect_error(native, adapter(NSID, mac, "bad", POD, [("10.0.0.0/8", "fd00::1", 0)]), hr.E_INVALIDARG)
     expect_error(native, adapter(NSID, mac, "bad", POD, DNSSuffix="a,b,c,d,e,f,g"), hr.E_INVALIDARG)
-    # DHCP (no IPConfigs): no client for it here
-    assert "DHCP" in expect_error(native, adapter(NSID, mac, "dhcp"), hr.E_NOTIMPL)
     assert state(native)["network_namespaces"] == 0  # failed first Adds leave no record
     # a namespace id no container uses: recorded, the link stays in the UVM, untouched
     native.modify("Network", adapter("unused-ns", mac, "U1", [("10.9.0.2", 24)]))
@@ -398,3 +395,50 @@ def test_host_network_configures_in_place(native):
     native.remove("hn")
     assert ("10.250.0.2", 24) not in net.uvm_addresses(nic)
     native.modify("Network", {"NamespaceID": NSID, "ID": "N1"}, "Remove")
+
+
+def test_dhcp_client_missing_is_not_implemented(monkeypatch, tmp_path):
+    """Where neither udhcpc nor busybox can be found: E_NOTIMPL at Add, before any change."""
+    from gcs.network import namespaces
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(hr.GcsError) as info:
+        namespaces._dhcp_command("eth0")
+    assert info.value.hresult == hr.E_NOTIMPL and "DHCP" in str(info.value) and "udhcpc" in str(info.value)
+
+
+def udhcpd(net, tmp_path, peer):
+    """busybox's DHCP server on the peer end `peer`, in the peer namespace."""
+    conf = tmp_path / "udhcpd.conf"
+    conf.write_text(f"start 10.254.0.50\nend 10.254.0.60\ninterface {peer}\noption subnet 255.255.255.0\n"
+                    f"option router 10.254.0.1\noption dns 10.254.0.53\noption domain dhcp.test\n"
+                    f"lease_file {tmp_path}/leases\npidfile {tmp_path}/udhcpd.pid\n")
+    return subprocess.Popen(["nsenter", f"--net=/proc/self/fd/{net.peer}", "busybox", "udhcpd", "-f", str(conf)],
+                            pass_fds=[net.peer], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
+def test_dhcp_when_the_adapter_has_no_ipconfigs(native, tmp_path):
+    net = native.net
+    mac, nic = net.veth([("10.254.0.1", 24)])
+    native.create("dh", sandbox_spec(native, "dh"))
+    init = native.start("dh", stdout=False, stderr=False)
+    dhcp = adapter(NSID, mac, "D1", DNSSuffix="host.test")  # no IPConfigs, no Routes
+    # no DHCP server yet: udhcpc gives up, and the link is back in the UVM namespace, bare
+    text = expect_error(native, dhcp, hr.E_FAIL)
+    assert "no DHCP lease" in text and nic in net.uvm_links() and net.uvm_addresses(nic) == [], text
+    server = udhcpd(net, tmp_path, f"tpeer{net.count}")
+    try:
+        native.modify("Network", dhcp)
+        out, err, code = run(native, "dh", f"ip -o -4 addr show dev {nic}; ip route; echo ---; cat /etc/resolv.conf; "
+                                           "ping -c 1 -W 2 10.254.0.1 >/dev/null && echo ping ok", caps=True)
+    finally:
+        server.kill()
+        server.wait()
+    view, resolv = out.split("---\n")
+    assert re.search(r"inet 10\.254\.0\.(5\d|60)/24", view) and f"default via 10.254.0.1 dev {nic}" in view, out + err
+    assert resolv == "search host.test dhcp.test\nnameserver 10.254.0.53\nping ok\n", out + err
+    init.kill()
+    init.wait()
+    native.notification()
+    native.remove("dh")
+    assert nic in net.uvm_links() and net.uvm_addresses(nic) == []  # the lease went with the pod
+    native.modify("Network", {"NamespaceID": NSID, "ID": "D1"}, "Remove")

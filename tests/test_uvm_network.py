@@ -96,21 +96,22 @@ def network(vm, request, settings):
         "RequestType": request, "ResourceType": "Network", "Settings": settings})
 
 
-def adapter(aid, mac):
-    """The host's LCOWNetworkAdapter for slirp's network."""
+def adapter(aid, mac, dhcp=False):
+    """The host's LCOWNetworkAdapter for slirp's network (static, or none: DHCP from slirp)."""
     return {"NamespaceID": NSID, "ID": aid, "MacAddress": mac.replace(":", "-").upper(),
-            "IPConfigs": [{"IPAddress": GUEST_IP, "PrefixLength": 24}],
-            "Routes": [{"DestinationPrefix": "0.0.0.0/0", "NextHop": GATEWAY, "Metric": 0}],
+            "IPConfigs": [] if dhcp else [{"IPAddress": GUEST_IP, "PrefixLength": 24}],
+            "Routes": [] if dhcp else [{"DestinationPrefix": "0.0.0.0/0", "NextHop": GATEWAY, "Metric": 0}],
             "DNSServerList": DNS, "DNSSuffix": "example.test"}
 
 
-def sandbox(vm, devices, image, name):
+def sandbox(vm, devices, image, name, annotations=None):
     """A pod sandbox container in the NSID network namespace; returns (run, its init)."""
     run = ContainerRun(vm.bridge, devices, vm.dir, RunOptions(image, ["sh", "-c", "echo up; exec sleep 1000"],
                                                               name=name), report=print)
     try:
         spec = run.prepare()
-        spec["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": name}
+        spec["annotations"] = {"io.kubernetes.cri.container-type": "sandbox", "io.kubernetes.cri.sandbox-id": name,
+                               **(annotations or {})}
         spec["windows"]["network"]["networkNamespace"] = NSID
         run.create(spec)
         init = vm.client.exec([], container_id=run.id, stdout=True, stderr=True, init_process=True)
@@ -151,9 +152,10 @@ TRAFFIC = (f"ip -o -4 addr show; ip route; ls /sys/class/net; echo ---; cat /etc
            f"echo hi from the pod | nc {FWD_IP} {FWD_PORT}")
 
 
-def check_pod_view(out, nic):
+def check_pod_view(out, nic, default_route=True):
     view, resolv, reply = out.split("---\n")
-    assert f"inet {GUEST_IP}/24" in view and f"default via {GATEWAY} dev {nic}" in view, view
+    assert f"inet {GUEST_IP}/24" in view and f"10.0.2.0/24 dev {nic}" in view, view
+    assert (f"default via {GATEWAY} dev {nic}" in view) == default_route, view
     assert view.split()[-2:] == sorted(["lo", nic]), view  # ls /sys/class/net: the pod's links only
     assert resolv == f"search example.test\nnameserver {DNS}\n", resolv
     assert reply.strip() == "echo:hi from the pod", reply
@@ -256,20 +258,21 @@ def check_nothing_left(vm):
     assert out.split() == ["0"], out
 
 
-# --- a NIC hot-plugged over QMP, Add after Create ----------------------------------------------
-def test_hot_plugged_nic_moves_at_once_and_reaches_the_host(vm, devices, oci_image, echo):
+# --- a NIC hot-plugged over QMP, Add after Create, its address from slirp's DHCP ----------------
+def test_hot_plugged_nic_moves_at_once_leased_by_dhcp_and_reaches_the_host(vm, devices, oci_image, echo):
     run, init = sandbox(vm, devices, oci_image, "netpod2")
     try:
         out, _, _ = in_container(vm, run, "ls /sys/class/net")
         assert out == "lo\n"
         vm.hotplug.add_nic(UserNic(HOT_MAC, id="net1", guestfwd=(vm.fwd,)))
         nic, _, _ = wait_uvm_link(vm, HOT_MAC)
-        network(vm, "Add", adapter("hot-nic", HOT_MAC))
+        network(vm, "Add", adapter("hot-nic", HOT_MAC, dhcp=True))  # udhcpc in the pod namespace
         assert uvm_link(vm, HOT_MAC) is None  # moved at once
         before = len(echo.peers)
         out, err, code = in_container(vm, run, TRAFFIC)
         assert code == 0, err
-        check_pod_view(out, nic)
+        # slirp's lease under restrict=on names no router (nor DNS: these are the host's)
+        check_pod_view(out, nic, default_route=False)
         assert len(echo.peers) == before + 1
     finally:
         run.stop()
@@ -283,3 +286,23 @@ def test_hot_plugged_nic_moves_at_once_and_reaches_the_host(vm, devices, oci_ima
     assert uvm_link(vm, HOT_MAC) is None and not vm.hotplug.nics
     # the boot NIC is still there, untouched
     assert uvm_link(vm, BOOT_MAC) is not None
+
+
+# --- host network: the boot NIC configured in the UVM's own namespace -----------------------
+def test_host_network_configures_the_uvm_namespace_and_its_resolv_conf(vm, devices, oci_image, echo):
+    nic, _, _ = wait_uvm_link(vm, BOOT_MAC)
+    network(vm, "Add", adapter("boot-nic", BOOT_MAC))
+    run, init = sandbox(vm, devices, oci_image, "hostpod",
+                        annotations={"io.microsoft.virtualmachine.lcow.hostnetwork": "true"})
+    try:
+        name, oper, addrs = uvm_link(vm, BOOT_MAC)
+        assert name == nic and oper == "up" and addrs == [f"{GUEST_IP}/24"]
+        out, _, _ = guest(vm, f"cat /etc/resolv.conf; echo hi from the uvm | nc {FWD_IP} {FWD_PORT}")
+        assert out == f"search example.test\nnameserver {DNS}\necho:hi from the uvm\n", out
+    finally:
+        run.stop()
+        init.close()
+        run.teardown()
+    assert uvm_link(vm, BOOT_MAC)[2] == []
+    network(vm, "Remove", {"NamespaceID": NSID, "ID": "boot-nic"})
+    check_nothing_left(vm)

@@ -23,9 +23,14 @@ if TYPE_CHECKING:
     from gcs.network import addressing
     from gcs.network.netlink import Netlink
     from gcs.protocol.messages import NetworkAdapter
+    from gcs.runtime.reaper import Reaper
 
 NIC_WAIT = 5.0  # seconds an Add waits for its NIC to appear (upstream's)
-DHCP_SCRIPT = "/sbin/udhcpc_config.script"
+DHCP_TIMEOUT = 30.0  # upstream's bound on udhcpc
+# The image's udhcpc event script (upstream's path), else this checkout's (local mode).
+DHCP_SCRIPTS = ("/sbin/udhcpc_config.script",
+                os.path.join(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))),
+                             "initrd", "init", "udhcpc_config.script"))
 
 # How a container's spec asks for its network (Networks.attach).
 NEW, JOIN, HOST = "new", "join", "host"
@@ -38,6 +43,8 @@ class Nic:
     name: str            # its interface name (kept across moves)
     index: int           # in the namespace it is in now
     assigned: bool = False
+    lease_servers: list = field(default_factory=list)  # DNS of its DHCP lease, if any
+    lease_searches: list = field(default_factory=list)
 
 
 @record
@@ -59,8 +66,10 @@ def _file_name(nsid: str) -> str:
 
 
 class Networks:
-    def __init__(self, sys_root: str = "/", wait: float = NIC_WAIT, refused: str = "",
-                 netns_dir: str = NETNS_DIR) -> None:
+    def __init__(self, reaper: Reaper, sys_root: str = "/", wait: float = NIC_WAIT, refused: str = "",
+                 netns_dir: str = NETNS_DIR, uvm_etc: str = "") -> None:
+        self.reaper = reaper
+        self.uvm_etc = uvm_etc  # in a UVM "/etc": the host configuring its namespace sets its DNS
         self.sys_root, self.wait, self.refused, self.netns_dir = sys_root, wait, refused, netns_dir
         self.namespaces: dict[str, PodNamespace] = {}
         self.lock = aio.Lock()
@@ -115,9 +124,8 @@ class Networks:
             raise hr.GcsError(hr.E_INVALIDARG, "Network Add: NamespaceID and ID are required")
         from gcs.network import addressing, discover  # ipaddress: only once an adapter comes
         plan = addressing.plan(adapter)  # before anything changes: a bad address is E_INVALIDARG
-        if not adapter.ip_configs and not os.path.exists(DHCP_SCRIPT):
-            raise hr.GcsError(hr.E_NOTIMPL, f"Network adapter {adapter.id!r} has no IPConfigs and needs DHCP, "
-                              f"which this agent has no client for ({DHCP_SCRIPT} is missing)")
+        if not adapter.ip_configs:
+            _dhcp_command("")  # no DHCP client here: E_NOTIMPL before anything changes
         key = adapter.namespace_id.lower()
         ns = self.namespaces.get(key) or PodNamespace(key)
         self._check_new(ns, adapter)
@@ -144,7 +152,7 @@ class Networks:
         if ns.find(adapter.id) is not None:
             raise hr.GcsError(hr.ALREADY_EXISTS, f"adapter with id {adapter.id!r} already present in namespace "
                               f"{ns.id!r}")
-        searches, servers = _dns([*(n.adapter for n in ns.nics), adapter])
+        searches, servers = _dns(ns.nics, adapter)
         hostfiles.resolv_conf(searches, servers)  # more than 6 search domains: refused now
 
     def remove(self, adapter: NetworkAdapter) -> None:
@@ -172,6 +180,29 @@ class Networks:
         except configure.ConfigureError as err:
             raise hr.GcsError(hr.E_FAIL, f"Network adapter {nic.adapter.id!r} ({nic.name}): {err}") from None
         nic.assigned = True
+        if not nic.adapter.ip_configs:
+            try:
+                await self._lease(ns, nic)
+            except BaseException:
+                await self._unassign(ns, nic)
+                raise
+
+    async def _lease(self, ns: PodNamespace, nic: Nic) -> None:
+        """DHCP for an adapter without IPConfigs: udhcpc in the adapter's namespace, bounded
+        like upstream's (30 s); its event script configures the lease and reports it."""
+        from gcs.runtime import command
+        argv = _dhcp_command(nic.name)
+        code, output = await command.run(self.reaper, argv, DHCP_TIMEOUT,
+                                         netns_fd=ns.netns.fd if ns.netns is not None else None)
+        if code != 0 or "lease ip=" not in output:
+            raise hr.GcsError(hr.E_FAIL, f"Network adapter {nic.adapter.id!r} ({nic.name}): no DHCP lease "
+                              f"(udhcpc exit code {code}): {output.strip()[-300:]}")
+        fields = dict(line[len("lease "):].partition("=")[::2] for line in output.splitlines()
+                      if line.startswith("lease ") and "=" in line)
+        nic.lease_servers = fields.get("dns", "").split()
+        nic.lease_searches = fields.get("search", "").split()
+        log.info("network adapter leased by DHCP", ifname=nic.name, address=fields.get("ip", ""),
+                 router=fields.get("router", ""))
 
     async def _unassign(self, ns: PodNamespace, nic: Nic) -> None:
         from gcs.network import configure
@@ -183,11 +214,14 @@ class Networks:
     # --- containers -------------------------------------------------------------------------------
     def resolv_conf(self, nsid: str) -> str:
         ns = self.namespaces.get(nsid.lower())
-        return hostfiles.resolv_conf(*_dns(n.adapter for n in ns.nics)) if ns is not None else ""
+        return hostfiles.resolv_conf(*_dns(ns.nics)) if ns is not None else ""
 
     def _write_resolv(self, ns: PodNamespace) -> None:
+        content = self.resolv_conf(ns.id)
         if ns.bundle:
-            hostfiles.rewrite_resolv(ns.bundle, self.resolv_conf(ns.id))
+            hostfiles.rewrite_resolv(ns.bundle, content)
+        if ns.attached and ns.netns is None and self.uvm_etc:  # host network: the UVM's own DNS too
+            hostfiles.rewrite_resolv(self.uvm_etc, content)
 
     def pod_path(self, cid: str) -> str:
         """The path of the network namespace container `cid` made for its pod, or ""."""
@@ -223,6 +257,8 @@ class Networks:
             except BaseException:
                 await self._release(ns)
                 raise
+        if mode == HOST and self.uvm_etc:
+            self._write_resolv(ns)
         log.info("network namespace attached", namespace=key, container=cid, mode=mode,
                  adapters=[n.name for n in ns.nics])
         return netns.path if mode == NEW and netns is not None else ""
@@ -266,10 +302,27 @@ class Networks:
             self._uvm_fd = -1
 
 
-def _dns(adapters) -> tuple[list[str], list[str]]:
+def _dns(nics, adding: Optional[NetworkAdapter] = None) -> tuple[list[str], list[str]]:
+    """Search domains and servers of a namespace's adapters in order (the host's, then what
+    a DHCP lease gave), with an adapter being added last."""
     searches: list[str] = []
     servers: list[str] = []
-    for a in adapters:
+    for a, lease in [*((n.adapter, n) for n in nics), *([(adding, None)] if adding else [])]:
         searches += a.dns_suffix.split(",") if a.dns_suffix else []
         servers += a.dns_servers.split(",") if a.dns_servers else []
+        if lease is not None:
+            searches += lease.lease_searches
+            servers += lease.lease_servers
     return searches, servers
+
+
+def _dhcp_command(ifname: str) -> list[str]:
+    """udhcpc's command line (upstream's, plus -n: give up at once after its tries, not retry
+    until killed), or E_NOTIMPL where no client or event script exists."""
+    import shutil
+    script = next((p for p in DHCP_SCRIPTS if os.access(p, os.X_OK)), "")
+    client = ["udhcpc"] if shutil.which("udhcpc") else ["busybox", "udhcpc"] if shutil.which("busybox") else []
+    if not script or not client:
+        raise hr.GcsError(hr.E_NOTIMPL, "the adapter has no IPConfigs and needs DHCP, which this agent cannot do "
+                          f"here: {'no udhcpc (busybox)' if not client else 'no ' + DHCP_SCRIPTS[0]}")
+    return [*client, "-q", "-n", "-i", ifname, "-s", script]

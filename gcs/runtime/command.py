@@ -12,11 +12,13 @@ TOOL_PATH = "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"
 MAX_OUTPUT = 64 * 1024
 
 
-async def run(reaper: Reaper, argv: list[str], timeout: float = 120.0) -> tuple[int, str]:
-    """Run argv with stdin from /dev/null; returns (exit code, combined output, capped)."""
+async def run(reaper: Reaper, argv: list[str], timeout: float = 120.0,
+              netns_fd: int | None = None) -> tuple[int, str]:
+    """Run argv with stdin from /dev/null (in network namespace `netns_fd` if given); returns
+    (exit code, combined output, capped)."""
     rfd, wfd = os.pipe2(os.O_CLOEXEC)
     try:
-        pid = spawn(SpawnSpec(argv=argv, env={"PATH": TOOL_PATH}, stdio=(None, wfd, wfd)))
+        pid = spawn(SpawnSpec(argv=argv, env={"PATH": TOOL_PATH}, stdio=(None, wfd, wfd), netns_fd=netns_fd))
     except BaseException:
         os.close(rfd)
         raise

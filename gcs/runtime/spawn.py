@@ -29,6 +29,7 @@ class SpawnSpec:
     stdio: tuple[Optional[int], Optional[int], Optional[int]] = (None, None, None)  # None: /dev/null
     tty_path: Optional[str] = None  # open this tty as 0/1/2 in a new session (ctty)
     new_session: bool = False
+    netns_fd: Optional[int] = None  # born in this network namespace (None: ours)
 
 
 def spawn(spec: SpawnSpec) -> int:
@@ -54,7 +55,13 @@ def spawn(spec: SpawnSpec) -> int:
         except OSError as err:
             os.close(saved_cwd)
             raise GcsError(E_FAIL, f"working directory {spec.cwd!r}: {err.strerror}") from None
+    own_netns = -1
     try:
+        if spec.netns_fd is not None:
+            # posix_spawn's child shares this thread's namespaces: enter for the spawn alone.
+            from gcs import linux
+            own_netns = os.open("/proc/thread-self/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+            linux.setns(spec.netns_fd, linux.CLONE_NEWNET)
         return os.posix_spawnp(
             spec.argv[0], spec.argv, spec.env, file_actions=actions,
             setsid=spec.new_session or spec.tty_path is not None,
@@ -64,6 +71,10 @@ def spawn(spec: SpawnSpec) -> int:
     except ValueError as err:  # NUL bytes in argv/env
         raise GcsError(E_INVALIDARG, f"failed to start {spec.argv[0]!r}: {err}") from None
     finally:
+        if own_netns >= 0:
+            from gcs import linux
+            linux.setns(own_netns, linux.CLONE_NEWNET)
+            os.close(own_netns)
         if saved_cwd is not None:
             os.fchdir(saved_cwd)
             os.close(saved_cwd)
