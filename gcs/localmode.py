@@ -66,7 +66,7 @@ def _remove_cgroups(base: str) -> None:
     """Best effort: the agent normally removed its subtree itself."""
     from gcs.containers.cgroups import hierarchy_roots, remove_tree
     import time
-    deadline = time.monotonic() + 2  # processes killed with the namespace may still be leaving
+    deadline = time.monotonic() + 10  # processes killed with the namespace may still be leaving (seconds here under load)
     for hierarchy in hierarchy_roots():
         remove_tree(os.path.join(hierarchy, base.strip("/")), deadline=deadline, quiet=True)
 

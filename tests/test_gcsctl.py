@@ -217,3 +217,21 @@ def test_layer_conversion_shows_progress_as_lines_off_a_terminal(tmp_path):
     assert lines[0].startswith(f"unpacking {tmp_path}/layer.tar (") and "MiB" in lines[0], lines
     assert any("%" in line for line in lines) and lines[-1].startswith(f"writing {tmp_path}/l.img"), lines
     assert "\r" not in r.stderr.decode() and "\x1b" not in r.stderr.decode()
+
+
+def test_a_request_on_a_closed_bridge_fails_at_once():
+    """Not a wait for a reply that can no longer come: the broker's race when the agent
+    restarts in the UVM (a client's request sent into the old connection hung gcsctl)."""
+    import socket
+
+    from gcs.host.bridge_client import BridgeClosed, HostBridge
+    from gcs.protocol.ids import RequestId
+    ours, agent = socket.socketpair()
+    bridge = HostBridge.over_socket(ours)
+    agent.close()
+    try:
+        assert bridge.closed.wait(5)
+        with pytest.raises(BridgeClosed):
+            bridge.call_raw(RequestId.START, {}, timeout=None)
+    finally:
+        ours.close()

@@ -85,6 +85,10 @@ class HostBridge:
         seq = self.next_seq()
         pending = _Pending(ident)
         with self._lock:
+            # Checked under the lock the reader's final sweep takes: a request registered
+            # after that sweep would wait for a reply forever.
+            if self.closed.is_set():
+                raise BridgeClosed(self.close_reason or "bridge closed")
             self._pending[seq] = pending
         self.send_frame(ident, seq, payload)
         return seq, pending

@@ -23,7 +23,7 @@ import threading
 import time
 from typing import Any
 
-from gcs.host.bridge_client import HostBridge
+from gcs.host.bridge_client import BridgeClosed, HostBridge
 from gcs.protocol.ids import RequestId
 
 HEADER = struct.Struct("<IIQ")
@@ -118,8 +118,13 @@ class Broker:
                 if ident == RequestId.NEGOTIATE_PROTOCOL:
                     client.send(0x20000000 | (ident & 0x0FFFFFFF), seq, self.negotiate_reply)
                     continue
-                upstream = self.upstream
-                _, pending = upstream.start_request(ident, payload)
+                upstream = self._live_upstream()
+                try:
+                    _, pending = upstream.start_request(ident, payload)
+                except (BridgeClosed, OSError) as err:  # it dropped meanwhile: the client hears so
+                    client.send(0x20000000 | (ident & 0x0FFFFFFF), seq,
+                                {"Result": -2147467259, "ErrorMessage": f"bridge closed: {err}"})
+                    continue
                 threading.Thread(target=self._relay_reply, args=(client, upstream, ident, seq, pending),
                                  daemon=True).start()
         except (EOFError, OSError):
@@ -129,6 +134,15 @@ class Broker:
             with self.lock:
                 self.clients.remove(client)
             sock.close()
+
+    def _live_upstream(self) -> HostBridge:
+        """The agent's bridge; while it is down and the agent may come back (serve() is taking
+        its new connection), wait for that rather than send into the closed one."""
+        deadline = time.monotonic() + 130.0
+        while (self.upstream.closed.is_set() and not self.stopping.is_set() and _vm_running(self.uvm)
+               and getattr(self.uvm, "reconnect", None) is not None and time.monotonic() < deadline):
+            time.sleep(0.05)
+        return self.upstream
 
     def _relay_reply(self, client: _Client, upstream: HostBridge, ident: int, seq: int, pending: Any) -> None:
         try:
