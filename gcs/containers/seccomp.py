@@ -297,9 +297,10 @@ def _emit_condition(asm: Asm, cond: tuple, wide: bool, fail: int) -> None:
 
 
 def _emit_syscalls(asm: Asm, rules: dict[int, tuple], default: int, wide: bool) -> None:
-    """With the syscall number in A: each syscall's rules, then the default action. The
-    numbers are searched as a binary tree: the kernel runs the filter for every syscall
-    number when it is loaded (its action cache), and then on every call."""
+    """With the syscall number in A: each syscall's rules, then the default action. Runs of
+    consecutive numbers with the same unconditional action are one range, and the ranges are
+    searched as a binary tree: the kernel runs the filter for every syscall number when it is
+    loaded (its action cache), and then on every call, so its length is paid twice."""
     shared: dict[int, int] = {}  # one `ret` per unconditional action, for all its syscalls
     blocks = {}
     for nr in sorted(rules):
@@ -308,21 +309,44 @@ def _emit_syscalls(asm: Asm, rules: dict[int, tuple], default: int, wide: bool) 
             shared[unconditional] = asm.label()
         blocks[nr] = (shared[unconditional] if unconditional is not None else asm.label(), rules[nr])
     otherwise = asm.label()
+    ranges: list[list[int]] = []  # [first, last, target]
+    for nr in sorted(blocks):
+        target = blocks[nr][0]
+        if ranges and ranges[-1][1] == nr - 1 and ranges[-1][2] == target and blocks[nr][1][0] is not None:
+            ranges[-1][1] = nr
+        else:
+            ranges.append([nr, nr, target])
 
-    def search(nrs: list[int]) -> None:
-        if len(nrs) <= 4:
-            for nr in nrs:
-                asm.jump(JEQ, nr, blocks[nr][0], None)
+    def search(part: list[list[int]], low: int, high: int) -> None:
+        """`part` holds every range that meets [low, high], where A is known to be."""
+        if len(part) == 1 and part[0][0] <= low and part[0][1] >= high:
+            asm.ja(part[0][2])
+            return
+        if len(part) <= 3:
+            for first, last, target in part:
+                if first == last:
+                    asm.jump(JEQ, first, target, None)
+                    continue
+                beyond = asm.label()
+                if last < high:
+                    asm.jump(JGT, last, beyond, None)
+                if first > low:
+                    asm.jump(JGE, first, target, beyond)
+                else:
+                    asm.ja(target)
+                asm.place(beyond)
             asm.ja(otherwise)
             return
         upper = asm.label()
-        middle = len(nrs) // 2
-        asm.jump(JGE, nrs[middle], upper, None)
-        search(nrs[:middle])
+        middle = len(part) // 2
+        pivot = part[middle][0]
+        asm.jump(JGE, pivot, upper, None)
+        search(part[:middle], low, pivot - 1)
         asm.place(upper)
-        search(nrs[middle:])
+        search(part[middle:], pivot, high)
 
-    search(sorted(blocks))
+    if ranges:
+        search(ranges, 0, 0xFFFFFFFF)
     asm.place(otherwise)
     asm.ret(default)
     for action, target in shared.items():
