@@ -21,25 +21,6 @@ Report = Callable[[str, float, str, str, str], None]
 MINIMAL = "/opt/bench/minimal_agent.py"
 
 
-def _image_with_minimal_agent(image_dir: str, out_dir: str) -> str:
-    """The UVM image plus the negotiate-only agent as a second initramfs archive."""
-    sys.path.insert(0, os.path.join(REPO_ROOT, "initrd"))
-    import cpio
-
-    staging = os.path.join(out_dir, "minimal-root")
-    os.makedirs(os.path.join(staging, "opt", "bench"))
-    shutil.copy(os.path.join(REPO_ROOT, "bench", "minimal_agent.py"), os.path.join(staging, MINIMAL.lstrip("/")))
-    cpio.write(staging, os.path.join(out_dir, "minimal.cpio"))
-    image = os.path.join(out_dir, "image")
-    os.makedirs(image)
-    os.symlink(os.path.join(image_dir, "vmlinux"), os.path.join(image, "vmlinux"))
-    with open(os.path.join(image, "initrd.img"), "wb") as f:
-        for part in (os.path.join(image_dir, "initrd.img"), os.path.join(out_dir, "minimal.cpio")):
-            with open(part, "rb") as src:
-                shutil.copyfileobj(src, f)
-    return image
-
-
 def _boot_figures(vm) -> dict[str, float]:
     """QEMU start -> /init -> agent exec -> negotiated, from the host's clock and the guest's."""
     console = open(vm.console_log).read()
@@ -69,7 +50,7 @@ def bench_uvm(tmp: str, report: Report, rounds: int = 3) -> None:
     from gcs.host.broker import InProcessDeviceClient
     from gcs.host.cli import ensure_image
     from gcs.host.demo import demo_image
-    from gcs.host.qemu import IMAGE_DIR, INIT_ARGS, QemuUvm
+    from gcs.host.qemu import IMAGE_DIR, INIT_ARGS, QemuUvm, image_with_extras
     from gcs.host.run import ContainerRun, RunOptions
 
     if not shutil.which("qemu-system-x86_64"):
@@ -78,7 +59,8 @@ def bench_uvm(tmp: str, report: Report, rounds: int = 3) -> None:
     ensure_image(IMAGE_DIR, quiet=True)
     with open(os.path.join(IMAGE_DIR, "manifest.json")) as f:
         manifest = json.load(f)
-    minimal_image = _image_with_minimal_agent(IMAGE_DIR, os.path.join(tmp, "minimal"))
+    minimal_image = image_with_extras(IMAGE_DIR, os.path.join(tmp, "minimal"),
+                                      {MINIMAL: os.path.join(REPO_ROOT, "bench", "minimal_agent.py")})
     minimal_args = INIT_ARGS.split(" /bin/gcs")[0] + f" /usr/bin/python3.11 -S {MINIMAL}"
 
     ours: list[dict[str, float]] = []

@@ -30,7 +30,8 @@ def build_image():
 
 
 def start_vm(directory, **kw):
-    vm = QemuUvm(str(directory), image_dir=IMAGE_DIR, **kw)
+    kw.setdefault("image_dir", IMAGE_DIR)
+    vm = QemuUvm(str(directory), **kw)
     try:
         vm.start()
     except BaseException:

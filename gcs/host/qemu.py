@@ -118,6 +118,31 @@ def check_image(image_dir: str) -> tuple[str, str]:
     return kernel, initrd
 
 
+def image_with_extras(image_dir: str, out_dir: str, files: dict[str, str]) -> str:
+    """A copy of the UVM image (in `out_dir`) whose initramfs has `files` (image path ->
+    file here) on top, as a second archive the kernel unpacks after the first: for tests and
+    benchmarks that need a program the image does not ship."""
+    if os.path.join(REPO_ROOT, "initrd") not in sys.path:
+        sys.path.insert(0, os.path.join(REPO_ROOT, "initrd"))
+    import cpio
+
+    kernel, initrd = check_image(image_dir)
+    staging = os.path.join(out_dir, "extras")
+    for dest, source in files.items():
+        target = os.path.join(staging, dest.lstrip("/"))
+        os.makedirs(os.path.dirname(target), exist_ok=True)
+        shutil.copy(source, target)  # follows a symlink: the file itself goes in
+    cpio.write(staging, os.path.join(out_dir, "extras.cpio"))
+    image = os.path.join(out_dir, "image")
+    os.makedirs(image)
+    os.symlink(kernel, os.path.join(image, "vmlinux"))
+    with open(os.path.join(image, "initrd.img"), "wb") as f:
+        for part in (initrd, os.path.join(out_dir, "extras.cpio")):
+            with open(part, "rb") as src:
+                shutil.copyfileobj(src, f)
+    return image
+
+
 class _Acceptor(threading.Thread):
     """Accepts guest connections to one host port for the VM's lifetime."""
 

@@ -163,7 +163,7 @@ def _mount_entry(rootfs: str, m: dict, plan: dict) -> None:
         return
     _make_target(dest, True)
     if kind == "cgroup":
-        kind, source = "cgroup2", "cgroup2"  # a v2 host: the container sees its cgroup namespace's view
+        kind = "cgroup2"  # a v2 host: the container sees its cgroup namespace's view (the source: the spec's, as runc)
     _mount(source, dest, kind, flags, data)
     for prop in propagation:
         _mount(None, dest, None, prop, None)
