@@ -560,3 +560,38 @@ def test_profile_killing_execve(tmp_path, probe_image):
     hangs half-started; `runc run` never returns.)"""
     with local_host(tmp_path, "native", [probe_image]) as host:
         assert start_blocked(host, "killexec", "SCMP_ACT_KILL") == (128 + 31, "")
+
+
+EXEC_VIEWS = {}
+
+
+@requires_root
+@pytest.mark.parametrize("runtime", ["native", "runc"])
+def test_execs_get_the_containers_filter(tmp_path, probe_image, runtime):
+    """An exec into a container with a profile runs under the same filter, with
+    no_new_privs or without it (then loaded while the process still has CAP_SYS_ADMIN)."""
+    profile = {"defaultAction": "SCMP_ACT_ALLOW", "syscalls": [rule(["getppid"], "SCMP_ACT_ERRNO", [], 61)]}
+    with local_host(tmp_path, runtime, [probe_image]) as host:
+        root = host.layers("ex", ["/run/layers/p0"])
+        spec = default_spec(["sleep", "60"], root)
+        spec["linux"]["seccomp"] = profile
+        host.create("ex", spec)
+        init = host.start("ex", stdout=False, stderr=False)
+        try:
+            for nnp in (True, False):
+                out, err, code = host.exec("ex", ["sh", "-c", f"{STATUS}; /probe 64:{NR['getppid']}"],
+                                           noNewPrivileges=nnp).communicate()
+                EXEC_VIEWS.setdefault(runtime, []).append((code, out.decode(), err.decode()))
+        finally:
+            init.kill()
+            init.wait()
+            host.notification()
+            host.remove("ex")
+    for code, out, err in EXEC_VIEWS[runtime]:
+        assert code == 0 and "Seccomp:\t2" in out and f"64:{NR['getppid']} errno 61" in out, (out, err)
+
+
+def test_execs_see_the_same_filter_under_both_runtimes():
+    if set(EXEC_VIEWS) != {"native", "runc"}:
+        pytest.skip("needs both runtimes' views (test_execs_get_the_containers_filter)")
+    assert EXEC_VIEWS["native"] == EXEC_VIEWS["runc"]
