@@ -10,7 +10,7 @@ nothing outlives a local-mode agent.
 from __future__ import annotations
 
 import os
-import signal
+import _signal  # not `signal`: its enums cost start-up time before the first reply
 import sys
 
 
@@ -25,10 +25,12 @@ def enter(exit_with_parent: bool = False) -> str:
 
     cgroup_base = f"{_own_cgroup().rstrip('/')}/pygcs-{os.getpid()}-{os.urandom(3).hex()}"
 
+    # python-prctl's C layer: its Python wrappers cost start-up time before the first reply
+    import _prctl
+
     if exit_with_parent:
-        import prctl
         parent = os.getppid()
-        prctl.set_pdeathsig(signal.SIGTERM)
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signal.SIGTERM)
         if os.getppid() != parent:  # the parent died before the setting took
             os._exit(1)
 
@@ -37,8 +39,7 @@ def enter(exit_with_parent: bool = False) -> str:
     if child:
         _supervise(child, cgroup_base)
     try:
-        import prctl
-        prctl.set_pdeathsig(signal.SIGKILL)  # the supervisor's death ends the namespace
+        _prctl.prctl(_prctl.PR_SET_PDEATHSIG, _signal.SIGKILL)  # the supervisor's death ends the namespace
         linux.mount(None, "/", None, MS_REC | MS_PRIVATE)
         linux.mount("tmpfs", "/run", "tmpfs", MS_NOSUID | MS_NODEV, "mode=0755")
         linux.mount("proc", "/proc", "proc", MS_NOSUID | MS_NODEV | MS_NOEXEC)
@@ -78,8 +79,8 @@ def _supervise(child: int, cgroup_base: str) -> None:
         except ProcessLookupError:
             pass
 
-    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGHUP):
-        signal.signal(signum, forward)
+    for signum in (_signal.SIGTERM, _signal.SIGINT, _signal.SIGHUP):
+        _signal.signal(signum, forward)
     while True:
         try:
             _, status = os.waitpid(child, 0)
