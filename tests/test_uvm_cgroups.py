@@ -12,13 +12,12 @@ import shutil
 
 import pytest
 
-from gcs.host.oci import write_image
 from gcs.host.qemu import image_with_extras
 from gcs.host.run import ContainerRun, RunOptions
-from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import RequestId
 
-from uvm_env import IMAGE_DIR, TEST_INIT_ARGS, build_image, device_client, layer_cache, requires_qemu, running_vm
+from uvm_env import (IMAGE_DIR, TEST_INIT_ARGS, build_image, busybox_oci_image, device_client, requires_qemu,
+                     running_vm)
 
 pytestmark = [requires_qemu, pytest.mark.skipif(shutil.which("runc") is None, reason="no runc on this machine")]
 
@@ -63,11 +62,8 @@ def image_dir(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def oci_image(tmp_path_factory):
-    d = tmp_path_factory.mktemp("cgimage")
-    busybox_rootfs(str(d / "base"))
-    write_image(str(d / "img"), [str(d / "base")], {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
-    with layer_cache(d / "cache"):
-        yield str(d / "img")
+    with busybox_oci_image(str(tmp_path_factory.mktemp("cgimage"))) as image:
+        yield image
 
 
 def in_container(vm, cid, script):

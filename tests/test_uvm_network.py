@@ -18,14 +18,12 @@ import time
 import pytest
 
 from gcs.host.launcher import REPO_ROOT
-from gcs.host.oci import write_image
 from gcs.host.qemu import UserNic
 from gcs.host.run import ContainerRun, RunOptions
-from gcs.host.samples import busybox_rootfs
 from gcs.protocol.ids import RequestId
 
 from network_env import EchoServer
-from uvm_env import (IMAGE_DIR, TEST_INIT_ARGS, build_image, device_client, guest, layer_cache, requires_qemu,
+from uvm_env import (IMAGE_DIR, TEST_INIT_ARGS, build_image, busybox_oci_image, device_client, guest, requires_qemu,
                      running_vm)
 
 pytestmark = requires_qemu
@@ -69,11 +67,8 @@ def vm(tmp_path_factory, echo):
 
 @pytest.fixture(scope="module")
 def oci_image(tmp_path_factory):
-    d = tmp_path_factory.mktemp("netimage")
-    busybox_rootfs(str(d / "base"))
-    write_image(str(d / "img"), [str(d / "base")], {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
-    with layer_cache(d / "cache"):
-        yield str(d / "img")
+    with busybox_oci_image(str(tmp_path_factory.mktemp("netimage"))) as image:
+        yield image
 
 
 @pytest.fixture

@@ -90,6 +90,19 @@ def layer_cache(directory):
 
 
 @contextlib.contextmanager
+def busybox_oci_image(directory):
+    """An OCI image of one busybox layer in `directory` (its path), with gcsctl's layer cache
+    beside it for a while."""
+    from gcs.host.oci import write_image
+    from gcs.host.samples import busybox_rootfs
+    busybox_rootfs(os.path.join(directory, "base"))
+    write_image(os.path.join(directory, "img"), [os.path.join(directory, "base")],
+                {"Env": ["PATH=/bin"], "Cmd": ["sh"]})
+    with layer_cache(os.path.join(directory, "cache")):
+        yield os.path.join(directory, "img")
+
+
+@contextlib.contextmanager
 def device_client(vm):
     """The VM's hot-plug operations, in this process (as the broker performs them)."""
     client = InProcessDeviceClient(vm)
