@@ -13,19 +13,11 @@ import statistics
 import time
 from typing import Callable
 
+from gcs.host.bridge_client import counters
 from gcs.protocol.ids import RequestId
 
 Report = Callable[[str, float, str, str, str], None]
 NSID = "BE4C0000-0000-4000-8000-00000000BE4C"
-
-
-def _state(bridge) -> dict[str, int]:
-    values = {}
-    for line in bridge.call(RequestId.DUMP_STACKS)["GuestStacks"].splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and value.strip().isdigit():
-            values[key.strip()] = int(value)
-    return values
 
 
 def _veth(uvm_fd: int, peer_fd: int, n: int) -> str:
@@ -87,7 +79,7 @@ def bench_network(tmp: str, report: Report, agent_class, rounds: int = 20) -> No
         call = agent.bridge.call
         try:
             before = agent.rss_mib()
-            loaded = _state(agent.bridge)["network_loaded"]
+            loaded = counters(agent.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"])["network_loaded"]
             t0 = time.perf_counter()
             call(RequestId.MODIFY_SETTINGS, Request={"RequestType": "Add", "ResourceType": "Network",
                                                      "Settings": _adapter(_veth(uvm_fd, peer_fd, 0), 0)})

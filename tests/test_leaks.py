@@ -1,6 +1,7 @@
 """1,000 exec+wait cycles leave no zombie, no leaked fd and no growth in tracked state."""
 import os
 
+from gcs.host.bridge_client import counters
 from gcs.protocol.ids import RequestId
 
 from conftest import requires_root
@@ -10,13 +11,8 @@ CYCLES = 1000
 
 
 def state(uvm):
-    text = uvm.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"]
-    values = {}
-    for line in text.splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and key in ("uvm_processes", "reaper_watches", "tasks", "open_fds"):
-            values[key] = int(value)
-    return values
+    values = counters(uvm.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"])
+    return {key: values[key] for key in ("uvm_processes", "reaper_watches", "tasks", "open_fds") if key in values}
 
 
 def zombies_under(pid):

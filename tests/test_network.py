@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from gcs.host.bridge_client import RpcError
+from gcs.host.bridge_client import RpcError, counters
 from gcs.host.launcher import LocalUvm
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import RequestId
@@ -91,12 +91,7 @@ def native(tmp_path, layer_image, net, monkeypatch):
 
 
 def state(h):
-    values = {}
-    for line in h.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"].splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and value.strip().isdigit():
-            values[key.strip()] = int(value)
-    return values
+    return counters(h.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"])
 
 
 def sandbox_spec(h, cid, args=("sleep", "60"), nsid=NSID, **kw):

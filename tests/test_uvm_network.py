@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from gcs.host.bridge_client import counters
 from gcs.host.launcher import REPO_ROOT
 from gcs.host.qemu import UserNic
 from gcs.host.run import ContainerRun, RunOptions
@@ -78,12 +79,7 @@ def devices(vm):
 
 
 def state(vm):
-    values = {}
-    for line in vm.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"].splitlines():
-        key, sep, value = line.partition(": ")
-        if sep and value.strip().isdigit():
-            values[key.strip()] = int(value)
-    return values
+    return counters(vm.bridge.call(RequestId.DUMP_STACKS)["GuestStacks"])
 
 
 def network(vm, request, settings):

@@ -21,6 +21,17 @@ TYPE_RESPONSE = 0x20000000
 TYPE_NOTIFICATION = 0x30000000
 
 
+def counters(guest_stacks: str) -> dict[str, int]:
+    """The "name: N" lines of the agent's DumpStacks text: what it holds (containers,
+    processes, fds, network records...), for checks that nothing was left."""
+    values = {}
+    for line in guest_stacks.splitlines():
+        key, sep, value = line.partition(": ")
+        if sep and value.strip().isdigit():
+            values[key.strip()] = int(value)
+    return values
+
+
 class RpcError(Exception):
     def __init__(self, result: int, message: str, reply: dict[str, Any]) -> None:
         super().__init__(message or f"HRESULT 0x{result & 0xFFFFFFFF:08x}")
