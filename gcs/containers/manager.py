@@ -202,6 +202,7 @@ class Containers:
         seccomp_filter = self.seccomp_filter(spec)  # before anything is made: a bad profile fails here
         with open(os.path.join(c.bundle, "config.json"), "w") as f:
             f.write(jsoncodec.dumps(spec))  # json.dump streams through the pure-Python encoder: 10x slower
+        ocispec.check_sysctls(spec)  # again on the spec that runs: host networking took a namespace away
         devices = ocispec.device_rules(spec)  # checked for every runtime: a bad rule is E_INVALIDARG
         cgroup = self.cgroup_of(c) if self.runtime.uses_agent_cgroups else ""  # runc makes its own
         procs, place = self._cgroup_placement(c, cgroup, devices)

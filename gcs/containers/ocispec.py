@@ -293,9 +293,8 @@ def _joins_host_netns(namespaces: dict[str, str]) -> bool:
 
 
 def unsupported_features(spec: dict) -> list[str]:
-    """What the native runtime cannot honour; Create is refused when this is not empty.
-    The spec is checked first (check_spec): what follows may then rely on its shape."""
-    check_spec(spec)
+    """What the native runtime cannot honour in a checked spec (check_spec); Create is
+    refused when this is not empty."""
     problems = []
     linux = spec.get("linux") or {}
     process = spec.get("process") or {}
@@ -370,12 +369,8 @@ def device_rule(rule: dict) -> str:
 
 
 def device_rules(spec: dict) -> list[str]:
-    """The spec's device rules followed by runc's defaults, in the order they apply.
-
-    Checks the spec first: of the manager's calls into this module, this is the one made
-    for every runtime before anything runs (unsupported_features is the native runtime's
-    only), so a refused sysctl is refused here for runc as well, before runc sees it."""
-    check_spec(spec)
+    """A checked spec's (check_spec) device rules followed by runc's defaults, in the order
+    they apply."""
     linux = spec.get("linux") or {}
     rules = [device_rule(r) for r in (linux.get("resources") or {}).get("devices") or []]
     listed = {d.get("path") for d in linux.get("devices") or []}

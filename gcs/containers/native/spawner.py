@@ -66,9 +66,11 @@ class Server:
         import msgpack
 
         from gcs import fdpass, linux
+        from gcs.containers.native.child import prepare_seccomp
 
         self.sock, self.mains, self.netns = sock, mains, netns
         self.msgpack, self.fdpass, self.linux = msgpack, fdpass, linux
+        self.prepare_seccomp, self.filters = prepare_seccomp, {}  # compiled filters made loadable, per program
         # Requests may name a pid namespace for the new process; the spawner returns to its own.
         self.own_pid_ns = os.open("/proc/self/ns/pid", os.O_RDONLY | os.O_CLOEXEC)
 
@@ -119,6 +121,7 @@ class Server:
         named = {name: fds[index] for name, index in request["fds"].items()}
         plan = request["plan"]
         plan["stdio"] = {name: fds[index] for name, index in plan.get("stdio", {}).items()}
+        self.prepare_seccomp(plan, self.filters)
         if request["op"] == "init" and ["network", None] in plan["namespaces"]:
             spare = self.netns.take()
             if spare is not None:
