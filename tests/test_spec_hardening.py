@@ -41,7 +41,9 @@ def rich_spec() -> dict:
         "memory": {"limit": 64 << 20, "reservation": 1 << 20, "swappiness": 10},
         "cpu": {"shares": 512, "quota": 50000, "period": 100000, "cpus": "0"},
         "pids": {"limit": 50}, "devices": [{"allow": False, "access": "rwm"},
-                                           {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}]}
+                                           {"allow": True, "type": "c", "major": 1, "minor": 3, "access": "rw"}],
+        "blockIO": {"weight": 500, "weightDevice": [{"major": 8, "minor": 0, "weight": 300}],
+                    "throttleReadBpsDevice": [{"major": 8, "minor": 0, "rate": 1 << 20}]}}
     spec["linux"]["rootfsPropagation"] = "rslave"
     return spec
 
@@ -127,6 +129,10 @@ def test_every_member_malformed_is_answered():
     (("linux", "devices", 0, "type"), KeyError, "linux.devices[0].type", "a string, got nothing"),
     (("linux", "resources", "memory", "limit"), "64m", "linux.resources.memory.limit", "a 64-bit integer, got string"),
     (("linux", "resources", "pids", "limit"), 1.5, "linux.resources.pids.limit", "a 64-bit integer, got number 1.5"),
+    (("linux", "resources", "blockIO", "throttleReadBpsDevice", 0, "rate"), "1m",
+     "linux.resources.blockIO.throttleReadBpsDevice[0].rate", "an unsigned 64-bit integer, got string"),
+    (("linux", "resources", "blockIO", "weight"), 1 << 16, "linux.resources.blockIO.weight",
+     "an unsigned 16-bit integer, got number 65536"),
     (("linux", "sysctl", "kernel.msgmax"), 4096, "linux.sysctl['kernel.msgmax']", "a string, got number 4096"),
     (("linux", "maskedPaths", 0), None, "linux.maskedPaths[0]", "a string, got null"),
     (("hostname",), False, "hostname", "a string, got boolean"),

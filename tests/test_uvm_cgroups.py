@@ -29,8 +29,10 @@ RESOURCES = {"memory": {"limit": 96 << 20, "reservation": 32 << 20, "swap": 192 
                          {"allow": True, "type": "c", "major": 1, "minor": 5, "access": "r"},     # zero
                          {"allow": True, "type": "c", "major": 5, "minor": 0, "access": "rwm"},   # tty
                          {"allow": True, "type": "c", "major": 1, "minor": 9, "access": "rwm"}]}  # urandom
-UPDATE = {"memory": {"limit": 80 << 20}, "cpu": {"shares": 256, "quota": 30000, "period": 100000}, "pids": {"limit": 77}}
-FILES = ("memory.max", "memory.low", "memory.swap.max", "cpu.max", "cpu.weight", "cpuset.cpus", "pids.max")
+UPDATE = {"memory": {"limit": 80 << 20}, "cpu": {"shares": 256, "quota": 30000, "period": 100000}, "pids": {"limit": 77},
+          "blockIO": {"weight": 200}}
+FILES = ("memory.max", "memory.low", "memory.swap.max", "cpu.max", "cpu.weight", "cpuset.cpus", "pids.max", "io.max",
+         "io.weight")
 # Without a cgroup namespace the cgroup2 mount shows the whole hierarchy (as runc's does):
 # the container's own files are under its path there.
 VIEW = ("echo cgroup=$(cat /proc/self/cgroup); cd /sys/fs/cgroup$(sed 's/^0:://' /proc/self/cgroup); "
@@ -66,6 +68,14 @@ def oci_image(tmp_path_factory):
         yield image
 
 
+def block_io(vm) -> dict:
+    """blockIO for the UVM's first block device: a weight, a read and a write throttle."""
+    out, _, _ = vm.client.run(["sh", "-c", "cat /sys/block/$(ls /sys/block | head -n 1)/dev"])
+    major, minor = (int(n) for n in out.decode().strip().split(":"))
+    return {"weight": 500, "throttleReadBpsDevice": [{"major": major, "minor": minor, "rate": 1 << 20}],
+            "throttleWriteIOPSDevice": [{"major": major, "minor": minor, "rate": 100}]}
+
+
 def in_container(vm, cid, script):
     proc = vm.client.exec([], container_id=cid, stdout=True, stderr=True, oci_process={
         "args": ["sh", "-c", script], "cwd": "/", "env": ["PATH=/bin"], "user": {"uid": 0, "gid": 0},
@@ -92,7 +102,7 @@ def test_cgroup_v2_view(tmp_path, image_dir, oci_image, runtime):
                            report=print)
         try:
             spec = run.prepare()
-            spec["linux"]["resources"] = json.loads(json.dumps(RESOURCES))
+            spec["linux"]["resources"] = dict(json.loads(json.dumps(RESOURCES)), blockIO=block_io(vm))
             spec["mounts"].append({"destination": "/sys/fs/cgroup", "type": "cgroup", "source": "cgroup",
                                    "options": ["nosuid", "noexec", "nodev", "relatime", "ro"]})
             run.create(spec)
@@ -137,6 +147,9 @@ def test_cgroup_v2_view(tmp_path, image_dir, oci_image, runtime):
     assert " - cgroup2 cgroup rw" in view["created"] and "pids.max-writable=n" in view["created"]  # read-only
     # the device program: runc's default devices allowed (/dev/zero and /dev/full rwm), /dev/mem not
     assert "zero-write=y" in view["created"] and "full=y" in view["created"] and "mem=n" in view["updated"]
+    # blockIO: runc's io.weight scale (10..1000 -> 1..10000), the throttles as one io.max line
+    assert "io.weight=default 4950" in view["created"] and "io.weight=default 1920" in view["updated"], view
+    assert " rbps=1048576 wbps=max riops=max wiops=100" in view["created"], view
     assert "memory.usage.limit" in view["statistics"] and "pids.current" in view["statistics"]
     assert "cgroup=0::/\n" in view["cgroupns"] and "pids.max=55" in view["cgroupns"]
 

@@ -156,7 +156,7 @@ class Cgroups:
             chain.append(parent)
             parent = os.path.dirname(parent)
         for d in reversed(chain):
-            wanted = set(_read(os.path.join(d, "cgroup.controllers")).split()) & {"memory", "cpu", "cpuset", "pids"}
+            wanted = set(_read(os.path.join(d, "cgroup.controllers")).split()) & {"memory", "cpu", "cpuset", "pids", "io"}
             enabled = set(_read(os.path.join(d, "cgroup.subtree_control")).split())
             if wanted - enabled:
                 _write(os.path.join(d, "cgroup.subtree_control"), " ".join(f"+{c}" for c in sorted(wanted - enabled)))
@@ -187,6 +187,7 @@ class Cgroups:
                     _write(f"{d}/cpuset.{key}", cpu[key])
             if pids.get("limit"):
                 _write(f"{d}/pids.max", str(pids["limit"]) if pids["limit"] > 0 else "max")
+            _set_io(d, resources.get("blockIO") or {})
             return
         if memory.get("limit") and "memory" in dirs:
             _write(f"{dirs['memory']}/memory.limit_in_bytes", str(memory["limit"]))
@@ -313,6 +314,31 @@ class Cgroups:
         removes the rest of the subtree after it."""
         if self.base:
             self.delete("/pods", wait=2.0)
+
+
+IO_THROTTLES = (("throttleReadBpsDevice", "rbps"), ("throttleWriteBpsDevice", "wbps"),
+                ("throttleReadIOPSDevice", "riops"), ("throttleWriteIOPSDevice", "wiops"))
+
+
+def _set_io(d: str, block_io: dict) -> None:
+    """OCI blockIO on v2, as runc 1.1 writes it: the weight to BFQ's io.bfq.weight where the
+    scheduler offers it, else to io.weight scaled from 10..1000 to 1..10000; per-device
+    weights only with BFQ (leaf weights have no v2 file); throttles as io.max lines."""
+    if not block_io:
+        return
+    bfq = os.path.exists(f"{d}/io.bfq.weight")
+    weight = block_io.get("weight")
+    if weight:
+        if bfq:
+            _write(f"{d}/io.bfq.weight", str(weight))
+        else:
+            _write(f"{d}/io.weight", str(1 + (weight - 10) * 9999 // 990))
+    if bfq:
+        for device in block_io.get("weightDevice") or []:
+            _write(f"{d}/io.bfq.weight", f"{device['major']}:{device['minor']} {device.get('weight') or 0}")
+    for key, name in IO_THROTTLES:
+        for device in block_io.get(key) or []:
+            _write(f"{d}/io.max", f"{device['major']}:{device['minor']} {name}={device.get('rate') or 0}")
 
 
 def hierarchy_roots() -> list[str]:

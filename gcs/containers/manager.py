@@ -111,9 +111,8 @@ class Containers:
         if not self.runtime.validates_specs:
             return
         problems = ocispec.unsupported_features(spec)
-        if self.cgroups is not None and self.cgroups.v2:
-            problems += ocispec.unsupported_resources((spec.get("linux") or {}).get("resources") or {},
-                                                      cgroup_v2=True)
+        problems += ocispec.unsupported_resources((spec.get("linux") or {}).get("resources") or {},
+                                                  cgroup_v2=self.cgroups is not None and self.cgroups.v2)
         if problems:
             raise hr.GcsError(hr.E_NOTIMPL, f"the {self.runtime.name} runtime does not support: "
                               + ", ".join(sorted(set(problems))))

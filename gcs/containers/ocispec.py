@@ -107,13 +107,20 @@ PROCESS = _obj(
     rlimits=("list", _obj(("type", "soft", "hard"), type="string", soft=_U64, hard=_U64)),
     noNewPrivileges="boolean", apparmorProfile="string", oomScoreAdj=_I64, selinuxLabel="string",
     ioPriority="object", scheduler="object", execCPUAffinity="object")
+_U16 = _int(0, (1 << 16) - 1, "an unsigned 16-bit integer")
+_THROTTLE = ("list", _obj(("major", "minor"), major=_I64, minor=_I64, rate=_U64))
+BLOCK_IO = _obj(
+    weight=_U16, leafWeight=_U16,
+    weightDevice=("list", _obj(("major", "minor"), major=_I64, minor=_I64, weight=_U16, leafWeight=_U16)),
+    throttleReadBpsDevice=_THROTTLE, throttleWriteBpsDevice=_THROTTLE,
+    throttleReadIOPSDevice=_THROTTLE, throttleWriteIOPSDevice=_THROTTLE)
 RESOURCES = _obj(
     devices=("list", _obj(allow="boolean", type="string", major=_I64, minor=_I64, access="string")),
     memory=_obj(limit=_I64, reservation=_I64, swap=_I64, kernel=_I64, kernelTCP=_I64, swappiness=_U64,
                 disableOOMKiller="boolean", useHierarchy="boolean"),
     cpu=_obj(shares=_U64, quota=_I64, burst=_U64, period=_U64, realtimeRuntime=_I64, realtimePeriod=_U64,
              cpus="string", mems="string", idle=_I64),
-    pids=_obj(limit=_I64), blockIO="object", hugepageLimits="array", network="object", rdma="object",
+    pids=_obj(limit=_I64), blockIO=BLOCK_IO, hugepageLimits="array", network="object", rdma="object",
     unified=("map", "string"))
 SECCOMP = _obj(
     defaultAction="string", defaultErrnoRet=_U32, architectures=_STRS, flags=_STRS, listenerPath="string",
@@ -320,7 +327,6 @@ def unsupported_features(spec: dict) -> list[str]:
         for name in cap_set or []:
             if name not in CAP_NUMBERS:
                 problems.append(f"unknown capability {name}")
-    problems += unsupported_resources(linux.get("resources") or {}, cgroup_v2=False)
     for rlimit in process.get("rlimits") or []:
         if rlimit.get("type") not in RLIMITS:
             problems.append(f"unknown rlimit {rlimit.get('type')}")
@@ -331,7 +337,9 @@ def unsupported_resources(resources: dict, cgroup_v2: bool) -> list[str]:
     """LinuxResources the agent's cgroup code cannot apply (Create and ContainerConstraints);
     INVALID_JSON, the member named, for resources it could not even read."""
     check_value(resources, RESOURCES, "LinuxResources")
-    problems = [name for name in ("blockIO", "hugepageLimits", "network", "rdma", "unified") if resources.get(name)]
+    problems = [name for name in ("hugepageLimits", "network", "rdma", "unified") if resources.get(name)]
+    if resources.get("blockIO") and not cgroup_v2:
+        problems.append("blockIO on cgroup v1")
     memory, cpu = resources.get("memory") or {}, resources.get("cpu") or {}
     problems += [f"memory.{k}" for k in ("kernel", "kernelTCP") if memory.get(k)]
     problems += [f"cpu.{k}" for k in ("realtimeRuntime", "realtimePeriod", "idle") if cpu.get(k)]
