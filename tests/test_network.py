@@ -11,6 +11,7 @@ import pytest
 
 from gcs.host.bridge_client import RpcError, counters
 from gcs.host.launcher import LocalUvm
+from gcs.network.netlink import Netlink
 from gcs.protocol import hresult as hr
 from gcs.protocol.ids import RequestId
 
@@ -390,6 +391,31 @@ def test_host_network_configures_in_place(native):
     native.remove("hn")
     assert ("10.250.0.2", 24) not in net.uvm_addresses(nic)
     native.modify("Network", {"NamespaceID": NSID, "ID": "N1"}, "Remove")
+
+
+def test_links_stacked_on_the_nic_are_passed_over(native):
+    """A bridge and a macvlan with the NIC's MAC (found by ioctls, told apart by the driver
+    ethtool names) stay in the UVM namespace; the NIC itself is the one moved, with its MTU
+    and state set in the same message as the move."""
+    net = native.net
+    mac, nic = net.veth(PEER)
+    with Netlink(net.uvm) as nl:
+        index = nl.by_name(nic).index
+        nl.ipr.link("add", ifname="tstackbr", kind="bridge", address=mac)
+        nl.ipr.link("add", ifname="tstackmv", kind="macvlan", link=index, macvlan_mode="passthru")
+    native.create("st", sandbox_spec(native, "st"))
+    init = native.start("st", stdout=False, stderr=False)
+    native.modify("Network", adapter(NSID, mac, "S1", POD[:1], ROUTES[:1], EncapOverhead=100))
+    out, _, _ = run(native, "st", f"ls /sys/class/net; cat /sys/class/net/{nic}/mtu /sys/class/net/{nic}/operstate")
+    assert out.split() == ["lo", nic, "1400", "up"] or out.split() == [nic, "lo", "1400", "up"], out
+    links = net.uvm_links()
+    assert "tstackbr" in links and "tstackmv" in links and nic not in links
+    init.kill()
+    init.wait()
+    native.notification()
+    native.remove("st")
+    assert nic in net.uvm_links()
+    native.modify("Network", {"NamespaceID": NSID, "ID": "S1"}, "Remove")
 
 
 def test_dhcp_client_missing_is_not_implemented(monkeypatch, tmp_path):

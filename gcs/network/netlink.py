@@ -5,6 +5,7 @@ only its sync IPRoute, over a socket we open ourselves (`fileno=`, so no helper 
 forked to reach another namespace), with attributes read through get_attr()."""
 from __future__ import annotations
 
+import ctypes
 import fcntl
 import os
 import socket
@@ -66,6 +67,14 @@ class Link:
         self.kind: str = (info.get_attr("IFLA_INFO_KIND") or "") if info is not None else ""
         self.stats = msg.get_attr("IFLA_STATS64")
 
+    @classmethod
+    def found(cls, index: int, name: str, mac: str, kind: str) -> "Link":
+        """A link known from ioctls: index, name, MAC and kind only."""
+        link = cls.__new__(cls)
+        link.index, link.name, link.mac, link.kind = index, name, mac, kind
+        link.mtu, link.up, link.stats = 0, False, None
+        return link
+
 
 def _socket_in(netns_fd: Optional[int]) -> int:
     """A NETLINK_ROUTE socket of the given namespace (None: ours): made while this thread is
@@ -84,22 +93,40 @@ def _socket_in(netns_fd: Optional[int]) -> int:
         os.close(own)
 
 
-def _names_and_macs() -> list[tuple[int, str, str]]:
+SIOCGIFMTU, SIOCGIFHWADDR, SIOCETHTOOL, ETHTOOL_GDRVINFO = 0x8921, 0x8927, 0x8946, 3
+# Drivers (ethtool's names) of the devices stacked on a NIC, with their netlink kinds.
+STACKED_DRIVERS = {"802.1Q VLAN Support": "vlan", "macvlan": "macvlan", "ipvlan": "ipvlan", "bridge": "bridge",
+                   "bonding": "bond"}
+
+
+def _ioctl_socket() -> socket.socket:
+    return socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+
+
+def _names_and_macs(sock: socket.socket) -> list[tuple[int, str, str]]:
     """(index, name, MAC) of every link of this thread's namespace, through ioctls: a few
     microseconds a link, where a netlink dump costs pyroute2 ~0.25 ms a link to parse."""
-    siocgifhwaddr = 0x8927
-    sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM | socket.SOCK_CLOEXEC)
+    found = []
+    for index, name in socket.if_nameindex():
+        try:
+            raw = fcntl.ioctl(sock, SIOCGIFHWADDR, struct.pack("16s16x", name.encode()))
+        except OSError:
+            continue  # gone meanwhile
+        found.append((index, name, ":".join(f"{b:02x}" for b in raw[18:24])))
+    return found
+
+
+def _driver(sock: socket.socket, name: str) -> str:
+    """The link's driver as ethtool names it ("" if it has none to tell)."""
+    info = bytearray(struct.pack("I", ETHTOOL_GDRVINFO) + bytes(192))
+    buf = (ctypes.c_char * len(info)).from_buffer(info)
     try:
-        found = []
-        for index, name in socket.if_nameindex():
-            try:
-                raw = fcntl.ioctl(sock, siocgifhwaddr, struct.pack("16s16x", name.encode()))
-            except OSError:
-                continue  # gone meanwhile
-            found.append((index, name, ":".join(f"{b:02x}" for b in raw[18:24])))
-        return found
+        fcntl.ioctl(sock, SIOCETHTOOL, struct.pack("16sP16x", name.encode(), ctypes.addressof(buf)))
+    except OSError:
+        return ""
     finally:
-        sock.close()
+        del buf  # the bytearray may be released only without an export
+    return bytes(info[4:36]).split(b"\0", 1)[0].decode(errors="replace")
 
 
 class Netlink:
@@ -150,16 +177,25 @@ class Netlink:
             return None  # gone meanwhile
 
     def by_mac(self, mac: str) -> list[Link]:
+        """The links with this MAC; in our own namespace found by ioctls alone, their kind a
+        stacked device's (vlan, bridge...) from the driver ethtool names, else the driver's."""
         if self.netns_fd is not None:
             return [link for link in self.links() if link.mac == mac]
-        found = []
-        for index, _, link_mac in _names_and_macs():
-            if link_mac == mac:
-                try:
-                    found.append(self.link(index))
-                except (NetlinkError, IndexError):
-                    pass  # gone meanwhile
-        return found
+        sock = _ioctl_socket()
+        try:
+            return [Link.found(index, name, mac, STACKED_DRIVERS.get(driver, driver))
+                    for index, name, link_mac in _names_and_macs(sock) if link_mac == mac
+                    for driver in [_driver(sock, name)]]
+        finally:
+            sock.close()
+
+    def mtu_of(self, name: str) -> int:
+        """A link's MTU in our own namespace, by one ioctl."""
+        sock = _ioctl_socket()
+        try:
+            return struct.unpack_from("i", fcntl.ioctl(sock, SIOCGIFMTU, struct.pack("16s16x", name.encode())), 16)[0]
+        finally:
+            sock.close()
 
     def set_down(self, index: int) -> None:
         self.ipr.link("set", index=index, state="down")
@@ -170,12 +206,16 @@ class Netlink:
     def set_mtu(self, index: int, mtu: int) -> None:
         self.ipr.link("set", index=index, mtu=mtu)
 
-    def move(self, index: int, netns_fd: int, name: str = "") -> None:
-        """Into another namespace, renamed as well when `name` is given (a name taken there)."""
-        if name:
-            self.ipr.link("set", index=index, net_ns_fd=netns_fd, ifname=name)
-        else:
-            self.ipr.link("set", index=index, net_ns_fd=netns_fd)
+    def move(self, index: int, netns_fd: int, name: str = "", mtu: int = 0, up: bool = False) -> None:
+        """Into another namespace (the kernel takes the link down for it), there renamed when
+        `name` is given (a name taken there), its MTU set, and up: one message, the kernel
+        applies it in that order."""
+        extra: dict = {"ifname": name} if name else {}
+        if mtu:
+            extra["mtu"] = mtu
+        if up:
+            extra["state"] = "up"
+        self.ipr.link("set", index=index, net_ns_fd=netns_fd, **extra)
 
     # --- addresses, routes, rules ---------------------------------------------------------
     def add_address(self, index: int, address: str, prefix: int, family: int) -> None:
