@@ -220,3 +220,67 @@ def test_reply_outliving_its_connection_is_not_sent_on_the_next():
     for a, b in pairs:
         a.close()
         b.close()
+
+
+def _complete_frames(data: bytes) -> list:
+    out = []
+    while len(data) >= 16 and len(data) >= HDR.unpack_from(data)[1]:
+        ident, size, seq = HDR.unpack_from(data)
+        out.append((ident, seq, json.loads(data[16:size])))
+        data = data[size:]
+    return out
+
+
+def test_notifications_not_written_when_the_bridge_drops_go_on_the_next():
+    """A host that stops reading, then goes away: what it read once, it never gets again;
+    what stayed in the agent's write buffer (a frame cut in two included) comes first on
+    the next bridge, in order."""
+    pairs = [socket.socketpair() for _ in range(2)]
+    pairs[0][0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
+    conns = iter([Conn.from_socket(a, f"pair{i}") for i, (a, _) in enumerate(pairs)])
+    ids = [f"c{i}" for i in range(300)]
+    got: dict[str, list] = {}
+
+    async def connect():
+        return next(conns)
+
+    async def handler(req):
+        return response(req.request.activity_id)
+
+    bridge = Bridge(handler, connect)
+
+    async def main():
+        runner = aio.spawn(bridge.run())
+        await aio.sleep(0.05)
+        host1, host2 = pairs[0][1], pairs[1][1]
+        host1.sendall(NEGOTIATE)
+        await aio.sleep(0.05)
+        for cid in ids:  # more than the socket takes: the rest waits in the agent's buffer
+            bridge.notify(container_notification(cid, ZERO, "UnexpectedExit"))
+        await aio.sleep(0.05)
+        host1.setblocking(False)
+        data = b""
+        while True:  # what reached host1 (the agent does not run meanwhile: same thread)
+            try:
+                chunk = host1.recv(1 << 20)
+            except BlockingIOError:
+                break
+            if not chunk:
+                break
+            data += chunk
+        got["first"] = _complete_frames(data)
+        host1.close()
+        await aio.sleep(0.3)  # the drop, then the redial
+        host2.sendall(NEGOTIATE)
+        await aio.sleep(0.3)
+        bridge.stop_after_flush()
+        await runner
+
+    run(main())
+    first = [f[2]["ContainerId"] for f in got["first"] if f[0] == 0x30100101]
+    second = read_frames(pairs[1][1], 1 + len(ids) - len(first))
+    assert second[0][0] == 0x20100B01  # the negotiate reply, then the notifications
+    assert 0 < len(first) < len(ids)
+    assert first + [f[2]["ContainerId"] for f in second[1:]] == ids  # each once, in order
+    for _, b in pairs:
+        b.close()

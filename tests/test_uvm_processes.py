@@ -272,14 +272,22 @@ def test_shutdown_ends_agent_and_its_processes(uvm):
     assert proc.pid > 0
 
 
-def _host_pid_of(uvm, name):
+def _host_pid_of(uvm, name, timeout=2.0):
+    """The agent's child running `name` (its comm changes at exec: looked for a moment)."""
     agent = uvm.agent_pid
-    with open(f"/proc/{agent}/task/{agent}/children") as f:
-        for pid in f.read().split():
-            with open(f"/proc/{pid}/comm") as c:
-                if c.read().strip() == name:
-                    return int(pid)
-    raise AssertionError(f"{name} not found under the agent")
+    deadline = time.monotonic() + timeout
+    while True:
+        with open(f"/proc/{agent}/task/{agent}/children") as f:
+            for pid in f.read().split():
+                try:
+                    with open(f"/proc/{pid}/comm") as c:
+                        if c.read().strip() == name:
+                            return int(pid)
+                except FileNotFoundError:
+                    continue  # exited meanwhile
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{name} not found under the agent")
+        time.sleep(0.02)
 
 
 def test_reconnect_keeps_processes(uvm):

@@ -37,6 +37,10 @@ class Bridge:
         self.conn: Optional[Conn] = None
         self._wbuf = bytearray()
         self._pending: deque[dict[str, Any]] = deque()
+        # This connection's notifications whose bytes are not all written yet: (the stream
+        # offset their frame ends at, the notification); a drop queues them again.
+        self._unwritten: deque[tuple[int, dict[str, Any]]] = deque()
+        self._appended = self._written = 0  # bytes of this connection's stream
         self.connections = 0
         self.in_flight: set[aio.Task] = set()
         self._stop = aio.Event()
@@ -80,6 +84,8 @@ class Bridge:
         session = BridgeSession()
         self.session, self.conn = session, conn
         self._wbuf.clear()
+        self._unwritten.clear()
+        self._appended = self._written = 0
         reader = self._reader = aio.spawn(self._read_loop(conn, session), "bridge-reader")
         stop = aio.spawn(self._stop.wait(), "bridge-stop")
         done = aio.Future()
@@ -162,6 +168,12 @@ class Bridge:
         if self.conn is conn:
             self.session, self.conn = None, None
             self._wbuf.clear()
+            # Not (all) written: the host never had them; they go first on the next bridge.
+            # (Written ones the host had not read when it went away are lost with its socket.)
+            self._pending.extendleft(n for _, n in reversed(self._unwritten))
+            if self._unwritten:
+                log.info("notifications queued again after a drop", count=len(self._unwritten))
+            self._unwritten.clear()
             self._drained.set()
             if self.stopping:
                 self._stop.set()
@@ -170,7 +182,7 @@ class Bridge:
     def notify(self, notification: dict[str, Any]) -> None:
         """Send a container notification now, or queue it until the next negotiated bridge."""
         if self.session is not None and self.session.negotiated:
-            self.session.notify(notification)
+            self._send_notification(notification)
             self._flush()
         else:
             if len(self._pending) >= MAX_QUEUED_NOTIFICATIONS:
@@ -180,16 +192,25 @@ class Bridge:
 
     def _flush_notifications(self) -> None:
         while self._pending and self.session is not None:
-            self.session.notify(self._pending.popleft())
+            self._send_notification(self._pending.popleft())
+
+    def _send_notification(self, notification: dict[str, Any]) -> None:
+        self.session.notify(notification)
+        self._take_data()
+        self._unwritten.append((self._appended, notification))
+
+    def _take_data(self) -> None:
+        data = self.session.data_to_send()
+        if data:
+            self._wbuf += data
+            self._appended += len(data)
 
     def _flush(self) -> None:
         session, conn = self.session, self.conn
         if session is None or conn is None:
             return
         _log_auto_replies(session)
-        data = session.data_to_send()
-        if data:
-            self._wbuf += data
+        self._take_data()
         self._write_ready()
 
     def _write_ready(self) -> None:
@@ -198,20 +219,27 @@ class Bridge:
             return
         loop = aio.get_loop()
         while self._wbuf:
+            view = memoryview(self._wbuf)
             try:
-                n = conn.write_some(memoryview(self._wbuf))
+                n = conn.write_some(view)
             except OSError as err:
+                # The traceback still holds the view: released, or the buffer cannot shrink.
+                view.release()
                 log.warning("bridge write failed", error=str(err))
                 self._wbuf.clear()
                 loop.remove_writer(conn.write_fd)
                 if self._reader is not None:
                     self._reader.cancel()  # ends _serve; the reconnect loop takes over
                 return
+            view.release()
             if n == 0:
                 self._drained.clear()
                 loop.add_writer(conn.write_fd, self._write_ready)
                 return
             del self._wbuf[:n]
+            self._written += n
+            while self._unwritten and self._unwritten[0][0] <= self._written:
+                self._unwritten.popleft()
         loop.remove_writer(conn.write_fd)
         self._drained.set()
         if self.stopping:

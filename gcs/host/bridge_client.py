@@ -177,9 +177,14 @@ class HostBridge:
             for pending in pending_all:
                 pending.event.set()
 
-    def close(self) -> None:
+    def close(self, graceful: bool = False) -> None:
+        """Abruptly (what the guest sent and we had not read is lost), or gracefully over a
+        socket: we stop sending and read on until the guest, seeing our EOF, closes too."""
         if isinstance(self._owner, socket.socket):
             try:
+                if graceful:
+                    self._owner.shutdown(socket.SHUT_WR)
+                    self._reader.join(5)
                 self._owner.shutdown(socket.SHUT_RDWR)
             except OSError:
                 pass

@@ -45,11 +45,16 @@ class BridgeHost:
         raise NotImplementedError
 
     def reconnect(self, timeout: float = 10.0, negotiate: bool = True) -> HostBridge:
-        """Drop the bridge and take the agent's next connection: its redial, or a restarted
-        agent's first dial (the agent keeps every process alive across a redial)."""
+        """Drop the bridge (gracefully: notifications already sent are read first) and take
+        the agent's next connection: its redial, or a restarted agent's first dial (the
+        agent keeps every process alive across a redial). The containers the host knows
+        carry over."""
+        known: set[str] = set()
         if self.bridge is not None:
-            self.bridge.close()
+            known = self.bridge.known_containers
+            self.bridge.close(graceful=True)
         self.bridge = self.accept_bridge(timeout)
+        self.bridge.known_containers |= known
         self.client = ProcessClient(self.bridge, self.vsock_path)
         if negotiate:
             self.bridge.negotiate()
