@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test bench deps lint clean
+.PHONY: run test bench fuzz deps lint clean
 
 run: deps
 	$(VENV)/bin/gcsctl demo
@@ -16,6 +16,14 @@ test: deps
 
 bench: deps
 	$(PY) -m bench
+
+# 10^6 fuzzed frames: the coverage-guided in-process fuzzer of the protocol core, then the
+# mutation fuzzer against a local-mode agent (root); each prints frames, rate and crashes
+# and exits non-zero on any violation. PYGCS_FUZZ_PROTOCOL_FRAMES, PYGCS_FUZZ_FRAMES: the
+# budgets; PYGCS_FUZZ_SEED: the seed of both.
+fuzz: deps
+	$(PY) tests/fuzz_protocol.py --frames $${PYGCS_FUZZ_PROTOCOL_FRAMES:-900000}
+	$(PY) tests/fuzz_bridge.py --frames $${PYGCS_FUZZ_FRAMES:-100000}
 
 deps:
 	@bash scripts/deps.sh "$(PYTHON)" "$(VENV)"

@@ -113,6 +113,9 @@ main() {
     fi
     install_python_deps
     "$VENV/bin/python" -c 'import prctl, msgpack, pyroute2, pytest, qemu.qmp' || die "the venv lacks a dependency"
+    # atheris where requirements.txt's marker installs it (the fuzz test is skipped elsewhere)
+    "$VENV/bin/python" -c 'import platform, sys
+if sys.version_info < (3, 14) and platform.machine() == "x86_64": import atheris' || die "the venv lacks atheris"
     [ -x "$VENV/bin/gcsctl" ] || die "gcsctl was not installed into $VENV/bin"
     echo "$want" > "$STAMP"
     say "ready: $VENV/bin/python ($("$VENV/bin/python" -c 'import platform; print(platform.python_version())')), $VENV/bin/gcsctl"

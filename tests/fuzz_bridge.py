@@ -356,6 +356,7 @@ class Report:
         return (f"seed={self.seed} frames={self.frames} replies={self.replies} drops={self.drops} "
                 f"unanswered={self.unanswered} violations={len(self.violations)} skipped_unsafe={self.skipped_unsafe} "
                 f"execs={self.execs} elapsed={self.elapsed:.1f}s "
+                f"rate={self.frames / max(self.elapsed, 1e-9):.0f} frames/s "
                 f"(replay: {SEED_ENV}={self.seed} {FRAMES_ENV}={self.budget})")
 
 
