@@ -195,16 +195,24 @@ class Task(Future):
 
 
 class _Timer:
-    __slots__ = ("when", "callback", "args", "cancelled")
+    __slots__ = ("when", "callback", "args", "cancelled", "loop")
 
-    def __init__(self, when: float, callback: Callable, args: tuple) -> None:
+    def __init__(self, when: float, callback: Callable, args: tuple, loop: "Loop") -> None:
         self.when = when
         self.callback = callback
         self.args = args
         self.cancelled = False
+        self.loop = loop
 
     def cancel(self) -> None:
-        self.cancelled = True
+        """A cancelled timer stays in the heap until it is due or the heap is compacted; what
+        it would have called (a future, and all that hangs on it) is let go at once: a wait
+        with a long timeout that ends early must not hold on to anything."""
+        if not self.cancelled:
+            self.cancelled = True
+            self.callback, self.args = _no_callback, ()
+            if self.loop is not None:  # still in the heap (None: it ran already)
+                self.loop._cancelled_timer()
 
     def __lt__(self, other: "_Timer") -> bool:
         return self.when < other.when
@@ -215,6 +223,7 @@ class Loop:
         self._ep = select.epoll()
         self._ready: deque = deque()
         self._timers: list[_Timer] = []
+        self._cancelled_timers = 0
         self._readers: dict[int, Callable[[], None]] = {}
         self._writers: dict[int, Callable[[], None]] = {}
         self._masks: dict[int, int] = {}
@@ -230,9 +239,22 @@ class Loop:
         self._ready.append((cb, args))
 
     def call_later(self, delay: float, cb: Callable, *args: Any) -> _Timer:
-        timer = _Timer(time.monotonic() + delay, cb, args)
+        timer = _Timer(time.monotonic() + delay, cb, args, self)
         heapq.heappush(self._timers, timer)
         return timer
+
+    def _cancelled_timer(self) -> None:
+        # Most timers guard waits that end well before them (60 s setup bounds, say): once
+        # they are most of the heap, it is rebuilt without them (in place: run_forever holds it).
+        self._cancelled_timers += 1
+        timers = self._timers
+        if self._cancelled_timers > 64 and self._cancelled_timers * 2 > len(timers):
+            for t in timers:
+                if t.cancelled:
+                    t.loop = None
+            timers[:] = [t for t in timers if not t.cancelled]
+            heapq.heapify(timers)
+            self._cancelled_timers = 0
 
     def report_orphan_exception(self, task: Task, err: BaseException) -> None:
         # Deferred: a caller that awaits the task right after it failed is not an orphan.
@@ -354,7 +376,10 @@ class Loop:
                 now = time.monotonic()
                 while timers and timers[0].when <= now:
                     timer = heapq.heappop(timers)
-                    if not timer.cancelled:
+                    timer.loop = None
+                    if timer.cancelled:
+                        self._cancelled_timers -= 1
+                    else:
                         ready.append((timer.callback, timer.args))
             for _ in range(len(ready)):
                 cb, args = ready.popleft()
@@ -370,6 +395,10 @@ class Loop:
 
 
 def _noop_handler(signum: int, frame: Any) -> None:
+    pass
+
+
+def _no_callback(*args: Any) -> None:
     pass
 
 

@@ -237,3 +237,38 @@ def test_run_in_thread_passes_exceptions_and_runs_calls_concurrently():
     results, elapsed = run(main())
     assert results == [None] * 4
     assert elapsed < 0.35  # four workers, not one after the other
+
+
+def test_waits_that_end_before_their_long_timeout_leave_nothing_behind():
+    """A wait bounded by a long timeout (60 s setup bounds) that ends early: the timer lets
+    go of its future at once, and cancelled timers do not pile up in the heap (they did:
+    two per container, each holding a future, for 60 s)."""
+    import gc
+
+    loop = aio.get_loop()
+    before = len(loop._timers)
+
+    def futures():
+        gc.collect()
+        return sum(1 for o in gc.get_objects() if isinstance(o, aio.Future))
+
+    async def one():
+        fut = aio.Future()
+        loop.call_soon(fut.set_result, 7)
+        return await aio.wait_for(fut, 60.0)
+
+    async def main():
+        return [await one() for _ in range(1000)]
+
+    held = futures()
+    assert run(main()) == [7] * 1000
+    assert futures() - held < 10  # not one per wait
+    assert len(loop._timers) - before < 130  # compacted once cancelled ones are most of it
+    timer = loop.call_later(0.0, lambda: None)  # one that ran, cancelled afterwards: not counted
+
+    async def nap():
+        await aio.sleep(0.01)
+
+    run(nap())
+    timer.cancel()
+    assert loop._cancelled_timers <= len(loop._timers)
