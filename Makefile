@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 export PYTHONPATH := $(CURDIR)
 
-.PHONY: run test bench fuzz deps lint clean
+.PHONY: run test bench fuzz soak deps lint clean
 
 run: deps
 	$(VENV)/bin/gcsctl demo
@@ -24,6 +24,13 @@ bench: deps
 fuzz: deps
 	$(PY) tests/fuzz_protocol.py --frames $${PYGCS_FUZZ_PROTOCOL_FRAMES:-900000}
 	$(PY) tests/fuzz_bridge.py --frames $${PYGCS_FUZZ_FRAMES:-100000}
+
+# Ten minutes of containers and execs with chaos (kills, host disconnects, a full scratch
+# disk) against a local-mode agent (root); fails on any leak or lost notification.
+# PYGCS_SOAK_SECONDS, PYGCS_SOAK_SEED; the plot: build/soak.svg.
+soak: deps
+	@mkdir -p build
+	$(PY) tests/soak.py --seconds $${PYGCS_SOAK_SECONDS:-600} --svg build/soak.svg --json build/soak.json
 
 deps:
 	@bash scripts/deps.sh "$(PYTHON)" "$(VENV)"

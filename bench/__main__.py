@@ -404,6 +404,25 @@ def bench_vsock(tmp: str, mib: int = 256) -> None:
         report("vsock guest connect latency (TCG)", float(match.group(1)), "ms", "-", "-")
 
 
+def bench_soak(seconds: float = 60.0, seed: int = 1) -> None:
+    """The soak with chaos (tests/soak.py) for a minute, the same seed each time: ops/s,
+    latencies, RSS over time (build/soak.svg). `make soak` runs ten minutes."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    sys.path.insert(0, os.path.join(root, "tests"))
+    import soak
+
+    os.makedirs(os.path.join(root, "build"), exist_ok=True)
+    result = soak.soak(seconds, seed, svg=os.path.join(root, "build", "soak.svg"))
+    report(f"soak with chaos ({seconds:.0f} s, seed {seed}): operations", result.steps / result.seconds, "ops/s",
+           "-", "-")
+    for action in ("create", "exec", "stop"):
+        values = sorted(result.latencies.get(action) or [0.0])
+        p99 = values[min(len(values) - 1, int(len(values) * 0.99))]
+        report(f"  {action}: p50 / p99", statistics.median(values) * 1000, f"/ {p99 * 1000:.1f} ms", "-", "-")
+    report("  agent RSS growth over the soak (build/soak.svg)", result.rss_growth(), "MiB", "flat", "-")
+    report("  violations (leaks, lost or repeated notifications)", len(result.violations), "", "0", "-")
+
+
 def bench_core(tmp: str) -> None:
     bench_startup(tmp)
     os.makedirs(os.path.join(tmp, "main"))
@@ -423,7 +442,7 @@ def main() -> int:
         print("make bench needs root (local mode uses namespaces)", file=sys.stderr)
         return 1
     print(f"benchmarks: local mode, {os.cpu_count()} cores, {sys.executable} -S", file=sys.stderr)
-    known = ("core", "storage", "containers", "network", "vsock", "uvm")
+    known = ("core", "reference", "storage", "containers", "network", "soak", "vsock", "uvm")
     sections = set(sys.argv[1:]) or set(known)
     unknown = sections - set(known)
     if unknown:
@@ -432,6 +451,9 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="gcs-bench-") as tmp:
         if "core" in sections:
             bench_core(tmp)
+        if "reference" in sections:  # side by side with the Go GCS when PYGCS_REFERENCE_GCS names it
+            from bench.reference import bench_reference
+            bench_reference(tmp, report)
         if "storage" in sections:
             bench_storage(tmp)
         if "containers" in sections:
@@ -439,6 +461,8 @@ def main() -> int:
         if "network" in sections:
             from bench.network import bench_network
             bench_network(tmp, report, Agent)
+        if "soak" in sections:
+            bench_soak()
         if "vsock" in sections:
             bench_vsock(tmp)
         if "uvm" in sections:
