@@ -37,6 +37,7 @@ from gcs.protocol.ids import RequestId  # noqa: E402
 from storage_env import DeviceTree, Loops, agent_cgroups  # noqa: E402
 
 SLOTS = 3            # containers alive at once at most
+MAX_POINTS = 1500    # per panel of the SVG
 QUIET_EVERY = 40     # steps between quiet points
 DISK_LUN, DISK_HOST = 1, 0
 HELD = ("open_fds", "tasks", "containers", "container_execs", "storage_mounts", "overlays", "uvm_processes",
@@ -360,6 +361,7 @@ def write_svg(report: Report, path: str) -> None:
     def panel(y0: int, title: str, points: list[tuple[float, float]], unit: str, dots: bool) -> str:
         if not points:
             return ""
+        points = points[::max(1, len(points) // MAX_POINTS)]  # a small file: one point a pixel or so
         v_max = max(v for _, v in points) * 1.1 or 1.0
         xy = [(pad + t / t_max * (width - 2 * pad), y0 + height - pad - v / v_max * (height - 2 * pad))
               for t, v in points]
