@@ -63,7 +63,7 @@ def _tree(pid: int) -> list[int]:
 
 
 def measure(argv: list[str], agent_pid: Callable[[subprocess.Popen], int], env: dict | None = None,
-            containers: bool = False) -> dict:
+            containers: bool = False, ends_at_eof: bool = False) -> dict:
     """One fresh agent: start -> NegotiateProtocol answered, round trips (Start on the UVM
     id), ExecuteProcess + WaitForProcess of /bin/true in the UVM, memory after 50 execs;
     with `containers`, the busybox layer on /dev/pmem0: container create -> exit and exec."""
@@ -99,8 +99,11 @@ def measure(argv: list[str], agent_pid: Callable[[subprocess.Popen], int], env: 
         return result
     finally:
         host.close()
-        proc.kill()  # the Go GCS serves stdin again after EOF, forever: it has to be killed
-        proc.wait()
+        try:  # ours ends at EOF (and its local-mode supervisor removes its cgroups)
+            proc.wait(10 if ends_at_eof else 0)
+        except subprocess.TimeoutExpired:
+            proc.kill()  # the Go GCS serves stdin again after EOF, forever: it has to be killed
+            proc.wait()
 
 
 def _lifecycle(bridge: SyncBridge, cid: str, args: list[str]) -> tuple[float, int]:
@@ -164,7 +167,7 @@ def _ours(devroot: str = "") -> dict:
 
     extra = ["--dev-root", devroot] if devroot else []
     return measure(agent_command(["--local", "--bridge-stdio", "--exit-with-parent", "-loglevel", "info", *extra]),
-                   agent_pid, agent_env(), containers=bool(devroot))
+                   agent_pid, agent_env(), containers=bool(devroot), ends_at_eof=True)
 
 
 # --- the Go GCS's sandbox --------------------------------------------------------------------

@@ -513,6 +513,10 @@ class _Workers:
     def __init__(self) -> None:
         import _queue
         import _thread
+        # threading takes the thread that first imports it for the main thread, and at exit
+        # the real main thread then waits for that one: a worker importing it (pyroute2 does)
+        # would hold the agent's exit up to IDLE seconds. Imported here, on the loop's thread.
+        import threading  # noqa: F401
 
         self._start_thread = _thread.start_new_thread
         self._empty = _queue.Empty

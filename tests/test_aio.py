@@ -272,3 +272,22 @@ def test_waits_that_end_before_their_long_timeout_leave_nothing_behind():
     run(nap())
     timer.cancel()
     assert loop._cancelled_timers <= len(loop._timers)
+
+
+def test_a_worker_that_imports_threading_does_not_hold_up_exit():
+    """threading, first imported in a worker (pyroute2 is, by the first Network Add), took
+    that worker for the main thread, and the interpreter's exit waited for it: up to 30 s,
+    and a local-mode supervisor stopping the agent gave up first and left its cgroups."""
+    import subprocess
+    import sys
+
+    code = ("import sys, time; from gcs import aio\n"
+            "async def main():\n"
+            "    await aio.run_in_thread(lambda: __import__('threading'))\n"
+            "aio.get_loop().run_until_complete(aio.spawn(main()))\n"
+            "print('threading' in sys.modules, flush=True)\n")
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, timeout=60,
+                         cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    assert out.returncode == 0 and out.stdout.strip() == "True", out.stderr
+    assert time.monotonic() - t < 10  # not the workers' 30 s idle time

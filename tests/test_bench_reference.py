@@ -17,8 +17,13 @@ pytestmark = requires_root
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
+def _our_cgroups() -> set:
+    return set(glob.glob("/sys/fs/cgroup/*/pygcs-*") + glob.glob("/sys/fs/cgroup/*/*/*/pygcs-*"))
+
+
 def test_without_the_reference_our_figures_are_printed_alone(tmp_path, monkeypatch):
     monkeypatch.delenv(ENV, raising=False)
+    cgroups = _our_cgroups()
     rows = []
     bench_reference(str(tmp_path), lambda name, value, unit, target, reference: rows.append((name, value, reference)))
     names = [name for name, _, _ in rows]
@@ -27,6 +32,7 @@ def test_without_the_reference_our_figures_are_printed_alone(tmp_path, monkeypat
     values = {key: value for (key, _, _, _), (_, value, _) in zip(MEASURES, rows)}
     assert 0 < values["round_trip_ms"] < values["exec_ms"] < values["container_ms"]
     assert 0 < values["pss_mib"] < values["rss_mib"] < 100
+    assert _our_cgroups() <= cgroups  # each agent ended at EOF and its supervisor removed its cgroups
 
 
 @pytest.mark.skipif(not os.path.isdir("/sys/fs/cgroup/memory"), reason="the sandbox is made for cgroup v1 here")
