@@ -46,8 +46,8 @@ def run(coro, timeout=10):
         timer.cancel()
 
 
-def test_notifications_wait_for_negotiation_and_reconnect():
-    pairs = [socket.socketpair() for _ in range(2)]
+def redialling_bridge(pairs) -> Bridge:
+    """A bridge whose dials take the pairs' first ends in turn; it answers every request."""
     conns = iter([Conn.from_socket(a, f"pair{i}") for i, (a, _) in enumerate(pairs)])
 
     async def connect():
@@ -56,7 +56,12 @@ def test_notifications_wait_for_negotiation_and_reconnect():
     async def handler(req):
         return response(req.request.activity_id)
 
-    bridge = Bridge(handler, connect)
+    return Bridge(handler, connect)
+
+
+def test_notifications_wait_for_negotiation_and_reconnect():
+    pairs = [socket.socketpair() for _ in range(2)]
+    bridge = redialling_bridge(pairs)
 
     async def main():
         bridge.notify(container_notification("c1", ZERO, "UnexpectedExit"))  # no connection yet: queued
@@ -237,17 +242,9 @@ def test_notifications_not_written_when_the_bridge_drops_go_on_the_next():
     the next bridge, in order."""
     pairs = [socket.socketpair() for _ in range(2)]
     pairs[0][0].setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4096)
-    conns = iter([Conn.from_socket(a, f"pair{i}") for i, (a, _) in enumerate(pairs)])
+    bridge = redialling_bridge(pairs)
     ids = [f"c{i}" for i in range(300)]
     got: dict[str, list] = {}
-
-    async def connect():
-        return next(conns)
-
-    async def handler(req):
-        return response(req.request.activity_id)
-
-    bridge = Bridge(handler, connect)
 
     async def main():
         runner = aio.spawn(bridge.run())

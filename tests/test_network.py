@@ -269,12 +269,17 @@ def test_adapter_added_after_create_moves_at_once(host):
     assert "ping4 ok" in out and "echo:hi" in out and "echo:hi6" in out, out
     print(f"Add + configure one adapter over the bridge: {took * 1000:.1f} ms "
           f"(the first network request, pyroute2 loaded: {cold * 1000:.1f} ms)")
+    end_pod(host, "sb2", init, nic, "A2")
+
+
+def end_pod(h, cid, init, nic, adapter_id):
+    """The sandbox ended and removed: its NIC is back in the UVM namespace; the adapter's record dropped."""
     init.kill()
     init.wait()
-    host.notification()
-    host.remove("sb2")
-    assert nic in net.uvm_links()
-    host.modify("Network", {"NamespaceID": NSID, "ID": "A2"}, "Remove")
+    h.notification()
+    h.remove(cid)
+    assert nic in h.net.uvm_links()
+    h.modify("Network", {"NamespaceID": NSID, "ID": adapter_id}, "Remove")
 
 
 def test_native_and_runc_give_the_same_network_view():
@@ -410,12 +415,7 @@ def test_links_stacked_on_the_nic_are_passed_over(native):
     assert out.split() == ["lo", nic, "1400", "up"] or out.split() == [nic, "lo", "1400", "up"], out
     links = net.uvm_links()
     assert "tstackbr" in links and "tstackmv" in links and nic not in links
-    init.kill()
-    init.wait()
-    native.notification()
-    native.remove("st")
-    assert nic in net.uvm_links()
-    native.modify("Network", {"NamespaceID": NSID, "ID": "S1"}, "Remove")
+    end_pod(native, "st", init, nic, "S1")
 
 
 def test_dhcp_client_missing_is_not_implemented(monkeypatch, tmp_path):
