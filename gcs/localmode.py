@@ -23,7 +23,7 @@ def enter(exit_with_parent: bool = False) -> str:
     from gcs import linux
     from gcs.mountflags import MS_NODEV, MS_NOEXEC, MS_NOSUID, MS_PRIVATE, MS_REC
 
-    cgroup_base = f"{_own_cgroup().rstrip('/')}/pygcs-{os.getpid()}-{os.urandom(3).hex()}"
+    cgroup_base = f"{own_cgroup().rstrip('/')}/pygcs-{os.getpid()}-{os.urandom(3).hex()}"
 
     # python-prctl's C layer: its Python wrappers cost start-up time before the first reply
     import _prctl
@@ -51,7 +51,9 @@ def enter(exit_with_parent: bool = False) -> str:
     return cgroup_base
 
 
-def _own_cgroup() -> str:
+def own_cgroup() -> str:
+    """Our cgroup (the memory controller's path, or v2's): local mode makes its subtree
+    under it in every hierarchy."""
     try:
         with open("/proc/self/cgroup") as f:
             for line in f:

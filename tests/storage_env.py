@@ -169,9 +169,12 @@ def host_mountinfo():
 
 
 def agent_cgroups(supervisor_pid):
-    """Cgroup directories a local-mode agent (by its supervisor's pid) left anywhere."""
+    """Cgroup directories a local-mode agent (by its supervisor's pid) left. Local mode makes
+    them under our own cgroup in every hierarchy; looked for only there: other jobs' leftovers
+    elsewhere on a machine may carry the same pid (pids wrap at 32768 here)."""
     import glob
-    found = []
-    for pattern in ("/sys/fs/cgroup/*/pygcs-{}-*", "/sys/fs/cgroup/*/*/pygcs-{}-*", "/sys/fs/cgroup/*/*/*/pygcs-{}-*"):
-        found += glob.glob(pattern.format(supervisor_pid))
-    return found
+
+    from gcs.localmode import own_cgroup
+    parent = own_cgroup().rstrip("/")
+    return sorted(glob.glob(f"/sys/fs/cgroup{parent}/pygcs-{supervisor_pid}-*")
+                  + glob.glob(f"/sys/fs/cgroup/*{parent}/pygcs-{supervisor_pid}-*"))

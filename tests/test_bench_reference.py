@@ -18,7 +18,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _our_cgroups() -> set:
-    return set(glob.glob("/sys/fs/cgroup/*/pygcs-*") + glob.glob("/sys/fs/cgroup/*/*/*/pygcs-*"))
+    """Local-mode agents' cgroup directories under our own cgroup (storage_env.agent_cgroups)."""
+    from gcs.localmode import own_cgroup
+    return set(glob.glob(f"/sys/fs/cgroup/*{own_cgroup().rstrip('/')}/pygcs-*"))
 
 
 def test_without_the_reference_our_figures_are_printed_alone(tmp_path, monkeypatch):
