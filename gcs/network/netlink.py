@@ -118,15 +118,12 @@ def _names_and_macs(sock: socket.socket) -> list[tuple[int, str, str]]:
 
 def _driver(sock: socket.socket, name: str) -> str:
     """The link's driver as ethtool names it ("" if it has none to tell)."""
-    info = bytearray(struct.pack("I", ETHTOOL_GDRVINFO) + bytes(192))
-    buf = (ctypes.c_char * len(info)).from_buffer(info)
+    info = ctypes.create_string_buffer(struct.pack("I", ETHTOOL_GDRVINFO), 196)  # struct ethtool_drvinfo
     try:
-        fcntl.ioctl(sock, SIOCETHTOOL, struct.pack("16sP16x", name.encode(), ctypes.addressof(buf)))
+        fcntl.ioctl(sock, SIOCETHTOOL, struct.pack("16sP16x", name.encode(), ctypes.addressof(info)))
     except OSError:
         return ""
-    finally:
-        del buf  # the bytearray may be released only without an export
-    return bytes(info[4:36]).split(b"\0", 1)[0].decode(errors="replace")
+    return info.raw[4:36].split(b"\0", 1)[0].decode(errors="replace")
 
 
 class Netlink:
@@ -183,9 +180,12 @@ class Netlink:
             return [link for link in self.links() if link.mac == mac]
         sock = _ioctl_socket()
         try:
-            return [Link.found(index, name, mac, STACKED_DRIVERS.get(driver, driver))
-                    for index, name, link_mac in _names_and_macs(sock) if link_mac == mac
-                    for driver in [_driver(sock, name)]]
+            found = []
+            for index, name, link_mac in _names_and_macs(sock):
+                if link_mac == mac:
+                    driver = _driver(sock, name)
+                    found.append(Link.found(index, name, mac, STACKED_DRIVERS.get(driver, driver)))
+            return found
         finally:
             sock.close()
 
